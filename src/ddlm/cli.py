@@ -1,0 +1,209 @@
+"""`ddlm train | sample | eval | presets`: thin functions over the library.
+
+Every user mistake ends as one line on stderr and exit status 2; no tracebacks for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (and points at --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+# ---- train ------------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .config import apply_overrides, load_preset
+    from .train.loop import Trainer
+
+    if args.resume:
+        if args.preset or args.overrides:
+            raise UserError("--resume continues a run with its saved config; do not combine it with --preset "
+                            "or overrides")
+        trainer = Trainer.resume(args.resume, progress=not args.quiet)
+    else:
+        cfg = load_preset(args.preset or "quick")
+        overrides = list(args.overrides)
+        for flag, key in (("data", "data.source"), ("process", "process.name"), ("tokenizer", "data.tokenizer"),
+                          ("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"),
+                          ("seed", "train.seed"), ("batch_size", "train.batch_size")):
+            value = getattr(args, flag)
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        cfg = apply_overrides(cfg, overrides)
+        out = args.out or f"runs/{args.preset or 'quick'}"
+        trainer = Trainer(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
+    model = trainer.run()
+    m = getattr(trainer, "final_metrics", {})
+    print(f"trained {trainer.step} steps into {trainer.out} ({model.backbone.n_params() / 1e6:.2f}M parameters); "
+          f"validation {m.get('nll', float('nan')):.4f} nats/token, {m.get('bpc', float('nan')):.4f} bpc")
+    return 0
+
+
+# ---- sample -----------------------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from .pipeline import SequenceModel
+
+    model = SequenceModel.from_pretrained(args.model)
+    out = model.generate(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler,
+                         planner=args.planner, temperature=args.temperature, prompt=args.prompt, seed=args.seed,
+                         progress=not args.json)
+    if args.json:
+        print(json.dumps({"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
+                          "seconds": round(out.seconds, 4)}))
+    else:
+        for i, text in enumerate(out.texts):
+            print(f"--- sample {i + 1} ---\n{text}")
+        print(f"--- {len(out.texts)} samples, {out.tokens.shape[1]} tokens each, NFE {out.nfe} "
+              f"({out.row_evals} row evaluations), {out.seconds:.2f} s")
+    return 0
+
+
+# ---- eval -------------------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .eval.elbo import evaluate_nll
+    from .pipeline import SequenceModel
+    from .train.loop import prepare_data
+
+    model = SequenceModel.from_pretrained(args.model)
+    cfg = model.cfg
+    if args.data:
+        from .config import apply_overrides
+        cfg = apply_overrides(cfg, [f"data.source={args.data}"])
+    _, _, val = prepare_data(cfg, model.tokenizer)
+    m = evaluate_nll(model, val, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
+                     max_blocks=args.max_blocks, progress=not args.json)
+    m["family"] = model.family.name
+    m["data"] = cfg.data.source
+    if args.json:
+        print(json.dumps(m))
+    else:
+        kind = "exact NLL" if m["exact"] else f"NELBO bound, {m['passes']} t-samples"
+        print(f"{model.family.name} on {cfg.data.source} validation ({m['n_tokens']} tokens, {kind}): "
+              f"{m['nll']:.4f} ± {m['ci95']:.4f} nats/token, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .config import load_preset, preset_names
+
+    for name in preset_names():
+        c = load_preset(name)
+        print(f"{name:12s} {c.process.name:5s} {c.model.n_layers}x{c.model.d_model} ctx {c.model.max_len} "
+              f"data {c.data.source} ({c.data.tokenizer}) steps {c.train.max_steps} batch {c.train.batch_size}")
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .config import field_help
+    from .families import FAMILIES
+    from .sampling import SAMPLERS
+
+    p = _Parser(prog="ddlm", description="Discrete diffusion language models: train, sample, evaluate.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+
+    fields = "\n".join(f"  {name}={default!r:<10}  {doc}" for name, doc, default in field_help())
+    t = sub.add_parser("train", help="train a model into a run directory",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="overrides (section.field=value, values parsed as YAML):\n" + fields)
+    t.add_argument("--preset", help="named preset (see `ddlm presets`) or a YAML file; default quick")
+    t.add_argument("--data", help="corpus: kjv (default), shakespeare, a text file or a glob")
+    t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)}")
+    t.add_argument("--tokenizer", choices=["char", "byte", "bpe"], help="tokenizer built from the corpus")
+    t.add_argument("--out", help="run directory (default runs/PRESET)")
+    t.add_argument("--max-steps", type=_positive_int, help="optimiser steps")
+    t.add_argument("--batch-size", type=_positive_int, help="sequences per step")
+    t.add_argument("--ckpt-every", type=_nonneg_int, help="checkpoint every N steps")
+    t.add_argument("--seed", type=_nonneg_int, help="random seed")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last good checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate samples from a run or model directory")
+    s.add_argument("model", metavar="DIR", help="run directory or save_pretrained directory")
+    s.add_argument("--n", type=_positive_int, default=4, help="number of samples (default 4)")
+    s.add_argument("--length", type=_positive_int, help="tokens per sample (default: the context length; "
+                   "longer samples are generated in sliding blocks)")
+    s.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's sample.steps)")
+    s.add_argument("--sampler", choices=SAMPLERS, help="ancestral, cached or planned")
+    s.add_argument("--planner", help="planner for --sampler planned: random, top_prob, top_margin, entropy, "
+                   "confidence")
+    s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
+    s.add_argument("--prompt", help="text the samples start with")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="likelihood bound (diffusion) or exact NLL (AR) on validation data")
+    e.add_argument("model", metavar="DIR", help="run directory or save_pretrained directory")
+    e.add_argument("--data", help="corpus to evaluate on (default: the model's training corpus)")
+    e.add_argument("--t-samples", type=_positive_int, default=4, help="passes with fresh t per block (default 4)")
+    e.add_argument("--max-blocks", type=_positive_int, help="evaluate at most N validation blocks")
+    e.add_argument("--batch-size", type=_positive_int, default=32, help="blocks per forward pass")
+    e.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the t-samples")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("presets", help="list the named presets")
+    pr.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"ddlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Transformer building blocks shared by the bidirectional denoiser and the causal AR baseline.
+
+Pre-norm blocks with `F.scaled_dot_product_attention` (runs anywhere, uses flash / memory-efficient kernels
+on GPU when available), rotary or table position embeddings, and optional adaLN time conditioning
+(Peebles & Xie 2023, "Scalable Diffusion Models with Transformers").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): rotates pairs of q/k channels by position-dependent angles."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (L, D/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        # x: (B, H, L, D); rotate (x1, x2) halves
+        L = x.shape[-2]
+        cos, sin = self.cos[offset : offset + L], self.sin[offset : offset + L]  # (L, D/2)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t in [0, 1] followed by a 2-layer MLP: (B,) -> (B, d)."""
+
+    def __init__(self, d: int, n_freq: int = 128):
+        super().__init__()
+        self.n_freq = n_freq
+        self.mlp = nn.Sequential(nn.Linear(n_freq, d), nn.SiLU(), nn.Linear(d, d))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.n_freq // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None, :]
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP block; with `cond_dim` set, LayerNorms are modulated by adaLN (shift, scale,
+    gate) from a conditioning vector, initialised to the identity (adaLN-Zero)."""
+
+    def __init__(self, d: int, n_heads: int, mlp_ratio: float, dropout: float, causal: bool,
+                 rotary: Rotary | None, cond_dim: int = 0):
+        super().__init__()
+        self.n_heads, self.causal, self.rotary, self.dropout = n_heads, causal, rotary, dropout
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=cond_dim == 0)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=cond_dim == 0)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        hidden = int(mlp_ratio * d)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.drop = nn.Dropout(dropout)
+        self.ada = None
+        if cond_dim:
+            self.ada = nn.Linear(cond_dim, 6 * d)
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+    def attention(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B,H,L,Dh)
+        offset = 0
+        if kv_cache is not None and "k" in kv_cache:
+            offset = kv_cache["k"].shape[-2]
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if kv_cache is not None:
+            if "k" in kv_cache:
+                k = torch.cat([kv_cache["k"], k], dim=-2)
+                v = torch.cat([kv_cache["v"], v], dim=-2)
+            kv_cache["k"], kv_cache["v"] = k, v
+        causal = self.causal and L > 1 and offset == 0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, kv_cache: dict | None = None):
+        if self.ada is None:
+            x = x + self.drop(self.attention(self.norm1(x), kv_cache))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        # (B, 1, d) each
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + (1 + gate1) * self.drop(self.attention(h, kv_cache))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + (1 + gate2) * self.drop(self.mlp(h))

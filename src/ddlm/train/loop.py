@@ -1,0 +1,249 @@
+"""The training loop. It knows only `loss = objective(backbone, batch)`.
+
+Run directory:
+    config.yaml          the full RunConfig
+    tokenizer.json       written before the first step
+    checkpoints/         resumable, atomic, checksummed (see checkpoint.py)
+    model/               the EMA weights as a save_pretrained directory, refreshed at every checkpoint
+    log.csv              one row per logged step and per validation
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..pipeline import SequenceModel
+from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .optim import EMA, make_optimizer, set_lr
+
+
+class TrainingStopped(UserError):
+    """Training stopped early (NaN loss, interrupted): the last good checkpoint is kept."""
+
+
+def validate_config(cfg: RunConfig) -> None:
+    t = cfg.train
+    for name in ("max_steps", "batch_size", "grad_accum"):
+        if getattr(t, name) <= 0:
+            raise UserError(f"train.{name} must be positive, got {getattr(t, name)}")
+    for name in ("eval_every", "ckpt_every", "log_every", "warmup_steps", "threads"):
+        if getattr(t, name) < 0:
+            raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    if t.batch_size % t.grad_accum:
+        raise UserError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        raise UserError(f"train.lr must be a positive number, got {t.lr}")
+    if not 0.0 <= t.ema < 1.0:
+        raise UserError(f"train.ema must be in [0, 1), got {t.ema}")
+    m = cfg.model
+    for name in ("n_layers", "d_model", "n_heads", "max_len"):
+        if getattr(m, name) <= 0:
+            raise UserError(f"model.{name} must be positive, got {getattr(m, name)}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def prepare_data(cfg: RunConfig, tokenizer=None):
+    """(tokenizer, batch source, validation blocks) for the configured data source."""
+    from ..data.batches import BlockBatches
+    from ..data.prepare import prepare_text
+    from ..data.sources import SOURCES
+
+    if cfg.data.source in SOURCES:
+        return SOURCES[cfg.data.source](cfg, tokenizer)
+    tokenizer, train_blocks, val_blocks = prepare_text(cfg.data, cfg.model.max_len, tokenizer)
+    return tokenizer, BlockBatches(train_blocks, cfg.train.batch_size, cfg.train.seed), val_blocks
+
+
+class Trainer:
+    """Trains a SequenceModel into a run directory; `Trainer(cfg, out).run()` or `Trainer.resume(out).run()`."""
+
+    def __init__(self, cfg: RunConfig, out, *, overwrite: bool = False, progress: bool = True, log=print,
+                 rank: int = 0, world: int = 1, _resuming: bool = False):
+        validate_config(cfg)
+        self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
+        self.rank, self.world = rank, world
+        if not _resuming and self.out.exists() and any(self.out.iterdir()):
+            if not overwrite:
+                raise UserError(f"run directory {self.out} is not empty; use --resume {self.out} to continue it "
+                                "or --overwrite to start again")
+            if rank == 0:
+                shutil.rmtree(self.out)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        tokenizer = None
+        if _resuming:
+            from ..data.tokenizers import load_tokenizer
+            tokenizer = load_tokenizer(self.out)
+        tokenizer, self.batches, self.val_blocks = prepare_data(cfg, tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        self.model = SequenceModel(cfg, tokenizer)
+        self.backbone = self.model.backbone
+        self.train_module = self.backbone
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.train_module = DistributedDataParallel(self.backbone)
+        if cfg.train.compile:
+            self.train_module = torch.compile(self.train_module)
+        self.optimizer = make_optimizer(self.backbone, cfg.train)
+        self.ema = EMA(self.backbone, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.noise = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * rank)
+        self.step = 0
+        if rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+            tokenizer.save(self.out)
+
+    # ---- resume ------------------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, out, **kwargs) -> "Trainer":
+        from ..config import load_preset
+
+        out = Path(out)
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"{out} is not a run directory (no config.yaml); start a run with ddlm train --preset")
+        cfg = load_preset(str(out / "config.yaml"))
+        trainer = cls(cfg, out, _resuming=True, **kwargs)
+        state = load_latest(out, log=trainer.log)
+        if state is None:
+            if list_checkpoints(out):
+                raise UserError(f"no intact checkpoint in {out}/checkpoints; every one failed its checksum")
+            trainer.log(f"no checkpoint in {out} yet; starting from step 0")
+        else:
+            trainer.load_state(state)
+            trainer.log(f"resuming {out} from step {trainer.step}")
+        return trainer
+
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.backbone.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None, "noise": self.noise.get_state(),
+                "rng": rng_state(), "config": self.cfg.to_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.backbone.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.noise.set_state(state["noise"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> SequenceModel:
+        cfg = self.cfg.train
+        objective = self.model.family.objective
+        interrupted = []
+        handlers = {}
+        if self.rank == 0:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    handlers[sig] = signal.signal(sig, lambda s, f: interrupted.append(s))
+                except ValueError:  # not the main thread
+                    pass
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", dynamic_ncols=True)
+        logger = _CSVLog(self.out / "log.csv") if self.rank == 0 else None
+        t0, tokens = time.perf_counter(), 0
+        self.backbone.train()
+        try:
+            while self.step < cfg.max_steps:
+                lr = set_lr(self.optimizer, self.step, cfg)
+                batch = self.batches.batch(self.step, self.rank, self.world)  # (B / world, L)
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics = {}
+                for chunk in batch.chunk(cfg.grad_accum):  # gradient accumulation over micro-batches
+                    out = objective(self.train_module, chunk, self.noise)
+                    (out["loss"] / cfg.grad_accum).backward()
+                    for k, v in out.items():
+                        metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+                if not math.isfinite(metrics["loss"]):
+                    raise TrainingStopped(f"loss became {metrics['loss']} at step {self.step}; stopped, the last "
+                                          f"good checkpoint in {self.out}/checkpoints is kept (try a lower "
+                                          "train.lr or train.grad_clip)")
+                grad_norm = (torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
+                             if cfg.grad_clip > 0 else torch.tensor(0.0))
+                self.optimizer.step()
+                if self.ema:
+                    self.ema.update(self.backbone)
+                self.step += 1
+                tokens += batch.numel() * self.world
+                if self.rank == 0:
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.1e}")
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        elapsed = time.perf_counter() - t0
+                        logger.write(step=self.step, split="train", **metrics, lr=lr, grad_norm=float(grad_norm),
+                                     tokens_per_s=tokens / max(elapsed, 1e-9), elapsed_s=elapsed)
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                        self._validate(logger, bar)
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                        self._checkpoint()
+                if interrupted:
+                    break
+            if self.rank == 0:
+                self._checkpoint()
+                if interrupted:
+                    raise TrainingStopped(f"interrupted at step {self.step}; checkpoint written, continue with "
+                                          f"`ddlm train --resume {self.out}`")
+                self.final_metrics = self._validate(logger, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        return self.export_model()
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.out, self.state())
+        self.export_model().save_pretrained(self.out / "model")
+
+    def export_model(self) -> SequenceModel:
+        """The model to sample from: a copy with the EMA weights when EMA is on."""
+        if self.ema is None:
+            return self.model
+        ema_model = SequenceModel(self.cfg, self.model.tokenizer)
+        ema_model.backbone.load_state_dict(self.ema.state_dict())
+        return ema_model.eval()
+
+    def _validate(self, logger, bar) -> dict:
+        from ..eval.elbo import evaluate_nll
+
+        model = self.export_model()
+        n = self.cfg.train.eval_batches * self.cfg.train.batch_size
+        metrics = evaluate_nll(model, self.val_blocks, batch_size=self.cfg.train.batch_size, t_samples=1,
+                               seed=1234, max_blocks=n)
+        logger.write(step=self.step, split="val", nelbo=metrics["nll"], bpc=metrics["bpc"])
+        msg = f"step {self.step}: validation {metrics['nll']:.4f} nats/token, {metrics['bpc']:.4f} bpc"
+        (bar.write if bar is not None else self.log)(msg)
+        return metrics
+
+
+class _CSVLog:
+    FIELDS = ["step", "split", "loss", "nelbo", "masked_ce", "bpc", "lr", "grad_norm", "tokens_per_s",
+              "elapsed_s"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(self.FIELDS)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.FIELDS])
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
