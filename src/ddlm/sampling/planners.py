@@ -1,0 +1,363 @@
+"""Planners: which masked positions a sampler commits at each step.
+
+A planner is "a score per position, then the top k among the masked positions":
+
+    select = planner(logprobs, masked, k, candidates=tokens, generator=g)
+    # logprobs (B, L, V), masked (B, L) bool, k (B,) long -> select (B, L) bool, a subset of `masked`
+    # with exactly min(k_b, n_masked_b) True in row b
+
+Kim et al. 2025 ("Train for the Worst, Plan for the Best", ICML) show the order matters: on Sudoku a
+random order solves 6.9% of puzzles, top-probability 18.5%, top-margin 89.5%. Scores:
+
+    random      u ~ U(0, 1)                              (vanilla MDLM order)
+    top_prob    max_v p(v)
+    top_margin  p_(1) - p_(2)                            (largest minus second largest probability)
+    entropy     -H(p) = sum_v p(v) log p(v)              (lowest entropy first)
+    rdm         log p(candidate)                         (RDM routing, Zheng et al. 2024)
+    confidence  commit every masked position with max_v p(v) >= threshold, at least one per row
+
+A score may be perturbed with Gumbel noise, score + c * G: for k = 1 this picks position i with
+probability softmax(score / c)_i (Gumbel-max), and for larger k it draws without replacement
+(Gumbel-top-k). c = 0 (the default) is exactly deterministic and draws nothing from the generator.
+Ties go to the lowest index so that the tests can be exact.
+
+`unmask_counts` / `commit_counts` say how many positions to commit per step (linear or MaskGIT cosine).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UserError
+
+# ---------------------------------------------------------------------------------------------------
+# scores: (B, L, V) log-probabilities -> (B, L) float32, higher = commit first
+
+
+def _wide(logprobs: torch.Tensor) -> torch.Tensor:
+    """Compute in float32, or in float64 when given it (a near-tie margin needs the precision)."""
+    return logprobs if logprobs.dtype == torch.float64 else logprobs.float()
+
+
+def top_prob_scores(logprobs: torch.Tensor) -> torch.Tensor:
+    """max_v p(v) per position, (B, L, V) -> (B, L)."""
+    return _wide(logprobs).amax(dim=-1).exp().float()
+
+
+def top_margin_scores(logprobs: torch.Tensor) -> torch.Tensor:
+    """p_(1) - p_(2) per position, (B, L, V) -> (B, L); with V = 1 the margin is p_(1)."""
+    lp = _wide(logprobs)
+    if lp.shape[-1] == 1:
+        return lp[..., 0].exp().float()
+    top = lp.topk(2, dim=-1).values  # (B, L, 2)
+    l1, l2 = top[..., 0], top[..., 1]
+    # p1 - p2 = -p1 * expm1(l2 - l1): no cancellation when p1 ~ p2; l2 = -inf gives p1 exactly.
+    # A row of all -inf (no mass anywhere) would give -inf - -inf = NaN, so it scores 0.
+    margin = -l1.exp() * torch.expm1(l2 - l1)
+    return torch.where(torch.isneginf(l1), torch.zeros_like(margin), margin).float()
+
+
+def neg_entropy_scores(logprobs: torch.Tensor) -> torch.Tensor:
+    """-H(p) = sum_v p log p per position, (B, L, V) -> (B, L); p = 0 terms count 0, not NaN."""
+    lp = _wide(logprobs)
+    plogp = torch.where(torch.isneginf(lp), torch.zeros_like(lp), lp.exp() * lp)
+    return plogp.sum(dim=-1).float()
+
+
+def candidate_scores(logprobs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """log p(candidate) per position, (B, L, V) and (B, L) -> (B, L) (may be -inf)."""
+    return logprobs.float().gather(-1, candidates.long().unsqueeze(-1)).squeeze(-1)
+
+
+def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log U) in float64 (float32 noise truncates the tails)."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    # torch.rand is in [0, 1): U = 0 would give -inf, so lift it to the smallest normal double
+    u = u.clamp_min(torch.finfo(torch.float64).tiny)
+    return -torch.log(-torch.log(u))
+
+
+# ---------------------------------------------------------------------------------------------------
+# selection
+
+
+def top_k_masked(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The min(k_b, n_masked_b) masked positions of highest score in each row b, as a (B, L) bool.
+
+    Ties go to the lowest index (a stable descending sort). Masked positions with a -inf or NaN score
+    still rank above every unmasked position, so the count is always exact.
+    """
+    B, L = masked.shape
+    lowest = torch.finfo(scores.dtype).min
+    key = scores.nan_to_num(nan=lowest, neginf=lowest)  # masked: finite, >= lowest
+    key = torch.where(masked, key, torch.full_like(key, -math.inf))  # unmasked: strictly last
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices  # (B, L)
+    rank = torch.arange(L, device=masked.device).expand(B, L)
+    take = (rank < k[:, None]) & masked.gather(-1, order)  # masked ones come first in `order`
+    return torch.zeros_like(masked).scatter(-1, order, take)
+
+
+def _check_inputs(logprobs, masked, k) -> torch.Tensor:
+    """Validate shapes; return k as a (B,) long tensor on the device of `masked`."""
+    if logprobs.dim() != 3:
+        raise UserError(f"planner expects logprobs of shape (B, L, V), got {tuple(logprobs.shape)}")
+    if masked.shape != logprobs.shape[:2] or masked.dtype != torch.bool:
+        raise UserError(
+            f"planner expects `masked` as a bool tensor of shape {tuple(logprobs.shape[:2])}, "
+            f"got {masked.dtype} {tuple(masked.shape)}")
+    B = masked.shape[0]
+    k = torch.as_tensor(k, device=masked.device)
+    if k.dim() == 0:
+        k = k.expand(B)
+    if k.shape != (B,) or k.is_floating_point() or k.dtype == torch.bool:
+        raise UserError(f"planner expects k as an int or a (B,) = ({B},) integer tensor, got {k.dtype} "
+                        f"{tuple(k.shape)}")
+    if bool((k < 0).any()):
+        raise UserError(f"planner got a negative number of positions to commit: {k.tolist()}")
+    return k.long()
+
+
+def _number(value, what: str) -> float:
+    """A finite float from a user option (a string from the command line is fine)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise UserError(f"{what} must be finite, got {value!r}")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# planners
+
+
+class Planner:
+    """Base: `score` gives (B, L) scores, higher first; `__call__` takes the top k masked positions."""
+
+    name = "planner"
+    options: tuple[str, ...] = ()  # the keyword options get_planner accepts
+
+    def score(self, logprobs, candidates=None, generator=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, logprobs: torch.Tensor, masked: torch.Tensor, k, *,
+                 candidates: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        k = _check_inputs(logprobs, masked, k)
+        return top_k_masked(self.score(logprobs, candidates, generator), masked, k)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{o}={getattr(self, o)!r}" for o in self.options)
+        return f"{type(self).__name__}({args})"
+
+
+class RandomPlanner(Planner):
+    """Uniformly random order: i.i.d. U(0, 1) scores (the vanilla masked-diffusion sampler)."""
+
+    name = "random"
+
+    def score(self, logprobs, candidates=None, generator=None):
+        B, L, _ = logprobs.shape
+        return torch.rand((B, L), generator=generator, device=logprobs.device)
+
+
+class _PerturbedPlanner(Planner):
+    """A deterministic score plus `gumbel` * Gumbel noise (Gumbel-top-k over softmax(score / gumbel))."""
+
+    options = ("gumbel",)
+
+    def __init__(self, gumbel: float = 0.0):
+        g = _number(gumbel, f"{self.name} planner option gumbel")
+        if g < 0:
+            raise UserError(f"{self.name} planner option gumbel must be >= 0 (0 = deterministic), got {gumbel!r}")
+        self.gumbel = g
+
+    def base_score(self, logprobs, candidates) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _noise_scale(self) -> float:
+        return self.gumbel
+
+    def score(self, logprobs, candidates=None, generator=None):
+        s = self.base_score(logprobs, candidates)  # (B, L) float32
+        c = self._noise_scale()
+        if c == 0.0:
+            return s  # exactly deterministic, and the generator is not advanced
+        return s.double() + c * gumbel_noise(s.shape, generator, s.device)
+
+
+class TopProbPlanner(_PerturbedPlanner):
+    """Most confident first: score = max_v p(v) (Kim et al. 2025, "top probability")."""
+
+    name = "top_prob"
+
+    def base_score(self, logprobs, candidates):
+        return top_prob_scores(logprobs)
+
+
+class TopMarginPlanner(_PerturbedPlanner):
+    """Least ambiguous first: score = p_(1) - p_(2) (Kim et al. 2025, "top probability margin")."""
+
+    name = "top_margin"
+
+    def base_score(self, logprobs, candidates):
+        return top_margin_scores(logprobs)
+
+
+class EntropyPlanner(_PerturbedPlanner):
+    """Lowest entropy first: score = -H(p) = sum_v p(v) log p(v)."""
+
+    name = "entropy"
+
+    def base_score(self, logprobs, candidates):
+        return neg_entropy_scores(logprobs)
+
+
+class RDMPlanner(_PerturbedPlanner):
+    """RDM routing (Zheng et al. 2024, "A Reparameterized Discrete Diffusion Model for Text Generation").
+
+    score = log p(x~) of the token x~ the sampler proposes, plus `temperature` * Gumbel noise
+    (stochastic routing); temperature 0 = deterministic top-k.
+    """
+
+    name = "rdm"
+    options = ("temperature",)
+
+    def __init__(self, temperature: float = 0.0):
+        t = _number(temperature, "rdm planner option temperature")
+        if t < 0:
+            raise UserError(f"rdm planner option temperature must be >= 0 (0 = deterministic), got {temperature!r}")
+        self.temperature = t
+
+    def _noise_scale(self):
+        return self.temperature
+
+    def base_score(self, logprobs, candidates):
+        if candidates is None:
+            raise UserError("the rdm planner scores the proposed tokens: pass candidates=(B, L) token ids")
+        if candidates.shape != logprobs.shape[:2]:
+            raise UserError(f"rdm planner expects candidates of shape {tuple(logprobs.shape[:2])}, "
+                            f"got {tuple(candidates.shape)}")
+        return candidate_scores(logprobs, candidates)
+
+
+class ConfidencePlanner(Planner):
+    """Confidence threshold: commit every masked position with max_v p(v) >= threshold, ignoring k.
+
+    At least one position (the most confident masked one) is committed in every row that still has
+    masked positions, so decoding never stalls (as in Fast-dLLM's parallel decoding, Wu et al. 2025).
+    """
+
+    name = "confidence"
+    options = ("threshold",)
+
+    def __init__(self, threshold: float = 0.9):
+        t = _number(threshold, "confidence planner option threshold")
+        if not 0.0 < t <= 1.0:
+            raise UserError(f"confidence planner option threshold must be in (0, 1], got {threshold!r}")
+        self.threshold = t
+
+    def score(self, logprobs, candidates=None, generator=None):
+        return top_prob_scores(logprobs)
+
+    def __call__(self, logprobs, masked, k=None, *, candidates=None, generator=None):
+        # k is ignored, but a malformed one is still a bug worth reporting
+        _check_inputs(logprobs, masked, 0 if k is None else k)
+        conf = self.score(logprobs)  # (B, L) float32
+        best = top_k_masked(conf, masked, torch.ones(masked.shape[0], dtype=torch.long, device=masked.device))
+        return (masked & (conf >= self.threshold)) | best
+
+
+# ---------------------------------------------------------------------------------------------------
+# how many positions per step
+
+
+SCHEDULES = ("linear", "cosine")
+
+
+def _check_schedule(steps: int, schedule: str) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"the number of sampling steps must be a positive integer, got {steps!r}")
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown unmasking schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def unmask_counts_batch(n: torch.Tensor, steps: int, schedule: str = "linear") -> torch.Tensor:
+    """Positions to commit per step for each row: n (B,) -> (B, steps) long, row b summing to n_b.
+
+    linear: n // steps each, the first n % steps steps one more.
+    cosine: MaskGIT (Chang et al. 2022): after step s, floor(n * cos(pi/2 * s / steps)) stay masked, so
+            few commits early (when the model knows little) and more later.
+    """
+    _check_schedule(steps, schedule)
+    n = torch.as_tensor(n)
+    if n.dim() != 1 or n.is_floating_point() or n.dtype == torch.bool:
+        raise UserError(f"unmask counts need n as a (B,) integer tensor, got {n.dtype} {tuple(n.shape)}")
+    if bool((n < 0).any()):
+        raise UserError(f"the number of positions to unmask must be >= 0, got {n.tolist()}")
+    n = n.long()
+    s = torch.arange(steps, device=n.device)  # (steps,)
+    if schedule == "linear":
+        return n[:, None] // steps + (s[None, :] < (n % steps)[:, None]).long()
+    frac = torch.cos(math.pi / 2 * torch.arange(steps + 1, dtype=torch.float64, device=n.device) / steps)
+    remaining = torch.floor(n[:, None].double() * frac[None, :]).long()  # (B, steps + 1), non-increasing
+    remaining[:, 0], remaining[:, -1] = n, 0  # exact ends: cos(pi/2) is 6e-17, not 0
+    return remaining[:, :-1] - remaining[:, 1:]
+
+
+def unmask_counts(n: int, steps: int, schedule: str = "linear") -> list[int]:
+    """How many of n masked positions to commit at each of `steps` steps: a list summing to n."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserError(f"the number of positions to unmask must be an integer >= 0, got {n!r}")
+    return unmask_counts_batch(torch.tensor([n]), steps, schedule)[0].tolist()
+
+
+def commit_counts(n_masked: torch.Tensor, step: int, steps: int, schedule: str = "linear") -> torch.Tensor:
+    """k for step `step` (0-based) of `steps`, from the positions still masked now: (B,) -> (B,) long.
+
+    An online form of `unmask_counts` for loops that re-count the masks each step (prompts and fixed cells
+    make n differ per row). linear: ceil(n_masked / steps_left), which reproduces unmask_counts exactly.
+    cosine: keep floor(n_masked * cos(pi/2 (step+1)/steps) / cos(pi/2 step/steps)) masked. The last step
+    commits everything left.
+    """
+    _check_schedule(steps, schedule)
+    if not 0 <= step < steps:
+        raise UserError(f"step must be in [0, {steps}), got {step!r}")
+    n = n_masked.long()
+    left = steps - step
+    if left == 1:
+        return n.clone()
+    if schedule == "linear":
+        return torch.div(n + left - 1, left, rounding_mode="floor")
+    ratio = math.cos(math.pi / 2 * (step + 1) / steps) / math.cos(math.pi / 2 * step / steps)
+    return n - torch.floor(n.double() * ratio).long()
+
+
+# ---------------------------------------------------------------------------------------------------
+# registry
+
+
+PLANNERS = {
+    "random": RandomPlanner,
+    "top_prob": TopProbPlanner,
+    "top_margin": TopMarginPlanner,
+    "entropy": EntropyPlanner,
+    "confidence": ConfidencePlanner,
+    "rdm": RDMPlanner,
+}
+
+
+def get_planner(name: str, **options) -> Planner:
+    """A planner by name ("top-margin" and "top_margin" both work) with its keyword options."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in PLANNERS:
+        raise UserError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
+    cls = PLANNERS[key]
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        valid = ", ".join(cls.options) if cls.options else "none"
+        raise UserError(f"planner {key} does not take option(s) {', '.join(unknown)}; its options: {valid}")
+    return cls(**options)
