@@ -162,6 +162,10 @@ def is_solution(grids, puzzles) -> np.ndarray:
     g, p = np.asarray(grids), np.asarray(puzzles)
     if p.shape[-1:] != (N_CELLS,):
         raise UserError(f"a puzzle must have 81 cells in its last dimension, got shape {tuple(p.shape)}")
+    try:
+        np.broadcast_shapes(g.shape, p.shape)
+    except ValueError:
+        raise UserError(f"grids of shape {tuple(g.shape)} do not match puzzles of shape {tuple(p.shape)}") from None
     keeps = ((p == 0) | (g == p)).all(axis=-1)
     return is_valid_grid(g) & keeps
 
@@ -231,7 +235,7 @@ def load_csv(path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"Sudoku file {path} holds no puzzles; expected 'puzzle,solution' lines")
 
     def fail(i: int, what: str):
-        raise UserError(f"{path}, line {lines[i][0]}: {what}")
+        raise UserError(f"{path}, line {lines[i][0]}: {what}; fix or remove that line")
 
     puzzles, solutions = [], []
     for i, (_, line) in enumerate(lines):
