@@ -128,10 +128,8 @@ def test_bpe_training_is_deterministic_across_processes(bpe_text, tmp_path):
         "t = open(sys.argv[1], encoding='utf-8').read(); "
         "print(json.dumps(build_tokenizer('bpe', t, vocab_size=300).to_dict()))"
     )
-    outs = [
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "text.txt")], capture_output=True, text=True, check=True).stdout
-        for _ in range(2)
-    ]
+    cmd = [sys.executable, "-c", code, str(tmp_path / "text.txt")]
+    outs = [subprocess.run(cmd, capture_output=True, text=True, check=True).stdout for _ in range(2)]
     here = build_tokenizer("bpe", bpe_text, vocab_size=300).to_dict()
     assert json.loads(outs[0]) == json.loads(outs[1]) == here
 

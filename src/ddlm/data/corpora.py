@@ -101,7 +101,9 @@ def _local_paths(source: str) -> list[str]:
 
 def load_text(source: str) -> str:
     """The text of a built-in corpus (a name in CORPORA), a local file, or a glob of files
-    (sorted by path and joined with "\\n"). Files must be non-empty UTF-8 text."""
+    (sorted by path and joined with "\\n"). Files must be non-empty UTF-8 text; "\\r\\n" and "\\r"
+    become "\\n" and a leading byte-order mark is dropped. A built-in name wins over a file of
+    the same name in the working directory: write "./kjv" for the file."""
     if not isinstance(source, str) or not source.strip():
         raise UserError(f"corpus source must be a name ({', '.join(CORPORA)}), a file path or a glob, got {source!r}")
     if source in CORPORA:

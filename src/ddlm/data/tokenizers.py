@@ -298,14 +298,18 @@ def load_tokenizer(directory) -> Tokenizer:
         data = json.loads(path.read_text(encoding="utf-8"))
         kind = data["kind"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a valid ddlm tokenizer file ({type(e).__name__}); save the tokenizer again") from None
+        raise UserError(
+            f"{path} is not a valid ddlm tokenizer file ({type(e).__name__}); save the tokenizer again"
+        ) from None
     _check_kind(kind)
     try:
         return TOKENIZERS[kind].from_dict(data)
     except UserError:
         raise
     except Exception as e:  # the `tokenizers` library raises its own exception types
-        raise UserError(f"{path} holds a corrupt {kind} tokenizer ({type(e).__name__}); save the tokenizer again") from None
+        raise UserError(
+            f"{path} holds a corrupt {kind} tokenizer ({type(e).__name__}); save the tokenizer again"
+        ) from None
 
 
 TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
