@@ -389,6 +389,63 @@ def test_random_grids_valid_distinct_deterministic_uniform():
     assert len(np.unique(grids[:, :9], axis=0)) > 0.99 * n
 
 
+def _mini_line_sets(grids: np.ndarray, transpose: bool) -> np.ndarray:
+    """(n, 27) digit-set bitmasks of the mini-rows (3 cells of a row inside one box), or of the
+    mini-columns with `transpose`."""
+    g = grids.reshape(-1, 9, 9)
+    g = g.transpose(0, 2, 1) if transpose else g
+    bits = np.left_shift(1, g.astype(np.int64) - 1).reshape(-1, 9, 3, 3)
+    return bits.sum(axis=-1).reshape(len(grids), 27)
+
+
+def _repeated_sets(masks: np.ndarray) -> list[int]:
+    """Per grid, how many pairs of its 27 mini-lines hold the same set of digits."""
+    return [int(sum(k * (k - 1) // 2 for k in np.unique(m, return_counts=True)[1])) for m in masks]
+
+
+def _cycle_type(line_a, line_b) -> tuple[int, ...]:
+    """Cycle lengths of the digit permutation taking line_a to line_b (cell by cell). Unchanged by
+    permuting cells and by relabelling digits (which conjugates the permutation)."""
+    sigma = dict(zip(line_a.tolist(), line_b.tolist()))
+    seen, lengths = set(), []
+    for start in sigma:
+        length, d = 0, start
+        while d not in seen:
+            seen.add(d)
+            d, length = sigma[d], length + 1
+        if length:
+            lengths.append(length)
+    return tuple(sorted(lengths))
+
+
+def test_random_grids_symmetries_reach_the_whole_orbit():
+    # With a pool of one grid every output is that grid under a random symmetry. Relabelling makes
+    # the digit set of the first mini-row a uniformly random 3-subset of 1..9 (84 of them), which
+    # row and column permutations alone could not do: a grid has only 27 mini-rows.
+    n = 2000
+    grids = random_grids(n, seed=4, pool_size=1)
+    codes = _mini_line_sets(grids, transpose=False)[:, 0]
+    _, counts = np.unique(codes, return_counts=True)
+    assert len(counts) == 84
+    chi2 = ((counts - n / 84) ** 2 / (n / 84)).sum()
+    assert chi2 < 83 + 6 * 13, chi2  # 83 dof, sd ~13
+    # Row/column permutations and relabelling keep, for each grid, the number of equal pairs among
+    # mini-row sets (a) and among mini-column sets (b); only the transpose swaps them.
+    pairs = set(zip(_repeated_sets(_mini_line_sets(grids[:200], False)),
+                    _repeated_sets(_mini_line_sets(grids[:200], True))))
+    (a, b), *_ = pairs
+    assert a != b  # this seed's base grid tells the two apart
+    assert pairs == {(a, b), (b, a)}
+    # Rows 1 and 2 of an output are some two rows of one band of the base grid (or two columns of
+    # one stack, after a transpose); all 18 such pairs must turn up, which needs the permutations
+    # within bands and stacks. Their cycle types are orbit invariants, so any output is the oracle.
+    g = grids[0].reshape(9, 9)
+    expected = {_cycle_type(g[i], g[j]) for i, j in itertools.permutations(range(9), 2) if i // 3 == j // 3}
+    expected |= {_cycle_type(g[:, i], g[:, j]) for i, j in itertools.permutations(range(9), 2) if i // 3 == j // 3}
+    observed = {_cycle_type(x[:9], x[9:18]) for x in grids}
+    assert observed == expected
+
+
 def test_random_grids_small_pool_and_edge_cases():
     grids = random_grids(500, seed=0, pool_size=1)
     assert is_valid_grid(grids).all() and len(np.unique(grids, axis=0)) == 500

@@ -1,24 +1,29 @@
 """Sudoku solving and generation: an exact solver, random complete grids, and puzzles with a unique
 solution.
 
-The solver is depth-first search over digit bitmasks (one 9-bit mask of used digits per row,
-column and box) that always branches on the most constrained empty cell, the usual "minimum
-remaining values" rule, so forced cells cost one step and dead ends are found at once.
+The solver keeps a 9-bit mask of the digits still possible in each cell. After every placement it
+propagates the two single-candidate rules (a cell with one digit left takes it and removes it from
+its 20 peers; a digit with one place left in a row, column or box goes there), then branches
+depth-first on the cell with the fewest candidates, copying the 81 masks per branch. On the RRN
+17-given puzzles this takes under a millisecond on average (about 15 ms at worst) in pure Python.
 
-`random_grids` supplies training data fast. A grid drawn by the randomised solver costs about a
-millisecond in Python, so it draws a modest pool of such grids and spreads each over its orbit
+`random_grids` supplies training data fast. A grid drawn by the randomised solver costs about 0.7 ms
+in Python, so it draws a modest pool of such grids and spreads each over its orbit
 under the validity-preserving symmetries of Sudoku, applied in numpy: relabelling the digits (9!),
 permuting rows within each band and the bands themselves (6^4), the same for columns and stacks
 (6^4), and transposing (2), a group of 9! * 6^8 * 2 ~ 1.2e12 elements. A uniformly random group
 element maps a grid to a uniformly random member of its orbit, so
 
-  * every statistic that the symmetries move around is exactly uniform: each cell holds each digit
-    with probability exactly 1/9, and each pair of cells in a row, a column, a box or in no shared
-    unit, sees the same joint law as under the uniform distribution over all grids;
+  * what relabelling alone decides is exactly as under the uniform distribution over all grids:
+    each cell holds each digit with probability 1/9, two cells of one row, column or box hold a
+    uniformly random ordered pair of distinct digits, and the digit set of any 3 cells of a unit
+    is a uniformly random 3-subset;
   * what is not uniform is which orbit a grid comes from: there are about 5.47e9 orbits (Russell
-    and Jarvis, 2006) and the pool covers `pool_size` of them, drawn with the randomised solver's
-    bias. The bias is mild for what a model can see, but a model with enough capacity could learn
-    the pool's few thousand essentially different grids, so raise `pool_size` for long runs.
+    and Jarvis, 2006), nearly all of the full size 1.2e12, and the pool covers `pool_size` of them,
+    drawn with the randomised solver's bias. So statistics that depend on the orbit (how often two
+    cells that share no unit agree, say) follow the pool rather than all grids, and a model with
+    enough capacity could learn the pool's essentially different grids: with the default pool of
+    64 + n/16 grids, raise `pool_size` (or vary `seed` per chunk) for long runs.
 """
 
 from __future__ import annotations
