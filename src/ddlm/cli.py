@@ -105,6 +105,9 @@ def cmd_eval(args) -> int:
     from .train.loop import prepare_data
 
     model = SequenceModel.from_pretrained(args.model)
+    if args.task != "text":
+        from .eval import TASKS
+        return TASKS[args.task](model, args)
     cfg = model.cfg
     if args.data:
         from .config import apply_overrides
@@ -134,6 +137,9 @@ def cmd_presets(args) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
+TASKS_HELP = {"text": "likelihood on the validation split", "sudoku": "solve rate on a puzzle CSV (--data)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import field_help
     from .families import FAMILIES
@@ -185,7 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=32, help="blocks per forward pass")
     e.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the t-samples")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--task", default="text", choices=list(TASKS_HELP),
+                   help="what to evaluate: " + "; ".join(f"{k}: {v}" for k, v in TASKS_HELP.items()))
+    e.add_argument("--planner", help="task sudoku: decoding order (random, top_prob, top_margin, entropy, ...)")
+    e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
+    e.add_argument("--steps", type=_positive_int, help="task sudoku: denoising steps")
     e.set_defaults(func=cmd_eval)
+
+    from .cli_sudoku import register as register_sudoku
+    register_sudoku(sub)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)

@@ -127,6 +127,8 @@ def planned_rule(process, logp, masked, t, s, steps_left, planner, tokens, gener
     """A planner commits ceil(n_masked / steps_left) positions per row (a linear unmasking schedule)."""
     if planner is None:
         raise UserError("the planned sampler needs a planner (--planner)")
+    if steps_left == 1:
+        return masked  # the last step commits everything left (a threshold planner may lag behind)
     k = torch.div(masked.sum(-1) + steps_left - 1, steps_left, rounding_mode="floor")  # (B,)
     return planner(logp, masked, k, candidates=tokens, generator=generator)
 

@@ -166,7 +166,7 @@ class Trainer:
                     out = objective(self.train_module, chunk, self.noise)
                     (out["loss"] / cfg.grad_accum).backward()
                     for k, v in out.items():
-                        metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+                        metrics[k] = metrics.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 if not math.isfinite(metrics["loss"]):
                     raise TrainingStopped(f"loss became {metrics['loss']} at step {self.step}; stopped, the last "
                                           f"good checkpoint in {self.out}/checkpoints is kept (try a lower "
