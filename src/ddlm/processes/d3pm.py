@@ -201,6 +201,14 @@ class _RankOneProcess(D3PMProcess):
         a = self.abar[t][:, None, None]  # (B, 1, 1)
         return a * F.one_hot(x0, self.n_states).to(DTYPE) + (1 - a) * self.m
 
+    def sample_xt(self, x0, t, generator=None):
+        """Keep x_0 with probability abar_t, else draw from m: no (B, L, S) tensor, so cheap for big vocabularies."""
+        t = self._steps(t, x0.shape[0], x0.device)
+        u = torch.rand((2,) + x0.shape, generator=generator, device=x0.device, dtype=DTYPE)
+        cdf = self.m.cumsum(0)
+        noise = torch.searchsorted(cdf, (u[1] * cdf[-1]).contiguous(), right=True).clamp_max(self.n_states - 1)
+        return torch.where(u[0] < self.abar[t][:, None], x0, noise)
+
     def _bar_apply(self, probs, t):
         a = self.abar[t][:, None, None]
         return a * probs + (1 - a) * probs.sum(-1, keepdim=True) * self.m
