@@ -1,2 +1,36 @@
-"""ddlm: discrete diffusion language models."""
+"""ddlm: discrete diffusion language models (MDLM, D3PM, RDM, RADD) and an autoregressive baseline.
+
+    import ddlm
+    cfg = ddlm.load_preset("quick")
+    model = ddlm.train(cfg, "runs/quick")
+    print(model.generate(n=2).texts)
+"""
+
+from .config import (DataConfig, ModelConfig, ProcessConfig, RunConfig, SampleConfig, TrainConfig,
+                     apply_overrides, load_preset, preset_names)
+from .errors import UserError
+from .pipeline import SequenceModel
+
 __version__ = "0.1.0"
+
+
+def train(cfg: RunConfig, out, *, overwrite: bool = False, progress: bool = True) -> SequenceModel:
+    """Train `cfg` into the run directory `out`; returns the model with its EMA weights."""
+    from .train.loop import Trainer
+
+    return Trainer(cfg, out, overwrite=overwrite, progress=progress).run()
+
+
+def evaluate(model: SequenceModel, data: str | None = None, **options) -> dict:
+    """Likelihood on the validation split of `data` (default: the model's corpus): nll (nats/token), bpc, ppl,
+    n_tokens, ci95. Options go to `ddlm.eval.elbo.evaluate_nll` (t_samples, max_blocks, batch_size, seed)."""
+    from .eval.elbo import evaluate_nll
+    from .train.loop import prepare_data
+
+    cfg = model.cfg if data is None else apply_overrides(model.cfg, [f"data.source={data}"])
+    _, _, val = prepare_data(cfg, model.tokenizer)
+    return evaluate_nll(model, val, **options)
+
+
+__all__ = ["RunConfig", "ModelConfig", "ProcessConfig", "DataConfig", "TrainConfig", "SampleConfig",
+           "load_preset", "apply_overrides", "preset_names", "SequenceModel", "UserError", "train", "evaluate"]
