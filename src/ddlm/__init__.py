@@ -2,7 +2,7 @@
 
     import ddlm
     cfg = ddlm.load_preset("quick")
-    model = ddlm.train(cfg, "runs/quick")
+    model = ddlm.fit(cfg, "runs/quick")
     print(model.generate(n=2).texts)
 """
 
@@ -14,7 +14,7 @@ from .pipeline import SequenceModel
 __version__ = "0.1.0"
 
 
-def train(cfg: RunConfig, out, *, overwrite: bool = False, progress: bool = True) -> SequenceModel:
+def fit(cfg: RunConfig, out, *, overwrite: bool = False, progress: bool = True) -> SequenceModel:
     """Train `cfg` into the run directory `out`; returns the model with its EMA weights."""
     from .train.loop import Trainer
 
@@ -33,4 +33,4 @@ def evaluate(model: SequenceModel, data: str | None = None, **options) -> dict:
 
 
 __all__ = ["RunConfig", "ModelConfig", "ProcessConfig", "DataConfig", "TrainConfig", "SampleConfig",
-           "load_preset", "apply_overrides", "preset_names", "SequenceModel", "UserError", "train", "evaluate"]
+           "load_preset", "apply_overrides", "preset_names", "SequenceModel", "UserError", "fit", "evaluate"]

@@ -172,6 +172,11 @@ def _coerce(value, typ, name):
             raise UserError(f"{name} must be an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{name} must be a number, got {value!r}")
         return float(value)
