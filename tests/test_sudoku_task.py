@@ -1,0 +1,169 @@
+"""The Sudoku task: the grid data source, scoring with an oracle model whose results are known exactly, the
+committed model, and the `ddlm sudoku solve` / `ddlm eval --task sudoku` commands."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddlm.cli import main
+from ddlm.config import apply_overrides, load_preset
+from ddlm.data.sources import SOURCES
+from ddlm.data.sudoku import format_board, from_tokens, is_solution, is_valid_grid, load_csv
+from ddlm.data.sudoku_generate import make_puzzle, random_grids
+from ddlm.data.tokenizers import CharTokenizer
+from ddlm.errors import UserError
+from ddlm.eval.sudoku import evaluate_sudoku, score_boards
+from ddlm.pipeline import SequenceModel
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "sudoku"
+SHARED = REPO.parent / "shared" / "data" / "sudoku"
+
+
+def _puzzles(n, givens, seed):
+    """n (puzzle, solution) pairs with unique solutions, from make_puzzle."""
+    rng = np.random.default_rng(seed)
+    grids = random_grids(n, seed)
+    return np.stack([make_puzzle(g, givens, rng) for g in grids]), grids
+
+
+def _write_csv(path, puzzles, solutions):
+    lines = [f"{format_board(p, pretty=False)},{format_board(s, pretty=False)}" for p, s in zip(puzzles, solutions)]
+    path.write_text("quizzes,solutions\n" + "\n".join(lines) + "\n")
+    return path
+
+
+# ---- the data source ------------------------------------------------------------------------------------
+def test_source_gives_valid_grids_as_tokens_deterministically():
+    cfg = load_preset("sudoku-tiny")
+    tok, batches, val = SOURCES["sudoku"](cfg, None)
+    assert isinstance(tok, CharTokenizer) and tok.encode("123456789") == list(range(9))
+    b0 = batches.batch(0)
+    assert b0.shape == (cfg.train.batch_size, 81) and b0.dtype == torch.long
+    assert int(b0.min()) >= 0 and int(b0.max()) <= 8  # digit tokens only, never MASK
+    assert is_valid_grid(from_tokens(b0.numpy())).all()
+    assert torch.equal(b0, batches.batch(0))  # the batch of a step depends only on (seed, step)
+    assert not torch.equal(b0, batches.batch(1))
+    assert val.shape == (cfg.train.eval_batches * cfg.train.batch_size, 81)
+    assert is_valid_grid(from_tokens(val.numpy())).all()
+    with pytest.raises(UserError, match="max_len=81"):
+        SOURCES["sudoku"](apply_overrides(cfg, ["model.max_len=64", "model.grid=[8, 8]"]), None)
+
+
+# ---- scoring, with an oracle whose answers are known --------------------------------------------------------
+class _OracleBackbone(torch.nn.Module):
+    """Predicts grid `answer` everywhere, with certainty: x -> one-hot logits (B, 81, 10)."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))  # gives the sampler a device
+        logits = torch.full((81, 10), -30.0)
+        logits[torch.arange(81), torch.as_tensor(answer, dtype=torch.long) - 1] = 30.0
+        self.register_buffer("logits", logits)
+
+    def forward(self, x, t=None):
+        return self.logits.expand(x.shape[0], 81, 10) + 0 * self.w
+
+
+def _oracle_model(answer):
+    model = SequenceModel(load_preset("sudoku-tiny"), CharTokenizer("123456789"))
+    model.backbone = _OracleBackbone(answer)
+    return model
+
+
+def test_oracle_scores_exactly(tmp_path):
+    # Three puzzles of grid A and two of grid B; the oracle always answers A: solves exactly the A puzzles, and
+    # on B's blanks is right exactly where A and B agree.
+    (pa, sa), (pb, sb) = _puzzles(3, 30, 1), _puzzles(2, 45, 2)
+    sa = np.repeat(sa[:1], 3, 0)
+    pa = np.stack([np.where(p > 0, sa[0], 0) for p in pa])  # blank patterns of other grids, over grid A
+    puzzles, solutions = np.concatenate([pa, pb]), np.concatenate([sa, sb])
+    path = _write_csv(tmp_path / "mixed.csv", puzzles, solutions)
+    P, S = load_csv(path)
+    rep = evaluate_sudoku(_oracle_model(sa[0]), P, S, planner="top_margin", batch_size=4)
+    assert rep["n"] == 5 and rep["solved"] == 3 and rep["solve_rate"] == 0.6
+    assert rep["solved_mask"].tolist() == [True, True, True, False, False]
+    blanks = P == 0
+    right = blanks[:3].sum() + ((sa[0] == sb) & blanks[3:]).sum()
+    assert rep["cell_accuracy"] == pytest.approx(right / blanks.sum(), abs=1e-12)
+    assert ((rep["boards"] == P) | (P == 0)).all()  # givens are never changed
+    assert (rep["givens"] == (P != 0).sum(1)).all()
+    # One blank per step, cached rows: a row with m blanks is evaluated m times, plus once more after its
+    # last commit unless it is the batch's longest (then the loop ends).
+    m = blanks.sum(1)
+    evals = sum(np.minimum(m[i:i + 4] + 1, m[i:i + 4].max()).sum() for i in (0, 4))
+    assert rep["nfe"] == pytest.approx(evals / 5)
+
+
+def test_score_boards_counts_only_valid_grids_keeping_givens():
+    puzzles, grids = _puzzles(2, 40, 3)
+    broken = grids.copy()
+    broken[1, [0, 1]] = broken[1, [1, 0]]  # swap two cells: no longer a valid grid
+    s = score_boards(broken, puzzles, grids)
+    assert s["solved"] == 1 and s["solved_mask"].tolist() == [True, False]
+    assert is_solution(broken, puzzles).tolist() == [True, False]
+
+
+def test_non_sudoku_model_is_refused():
+    model = SequenceModel(load_preset("sudoku-tiny"), CharTokenizer("abc"))
+    with pytest.raises(UserError, match="not a Sudoku model"):
+        evaluate_sudoku(model, np.zeros((1, 81), np.int8))
+
+
+# ---- the committed model ------------------------------------------------------------------------------------
+needs_model = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="models/sudoku not committed yet")
+
+
+@needs_model
+def test_committed_model_solves_easy_puzzles():
+    if (SHARED / "satnet-test.csv").is_file():
+        puzzles, solutions = load_csv(SHARED / "satnet-test.csv", limit=8)
+    else:
+        puzzles, solutions = _puzzles(8, 36, 4)
+    rep = evaluate_sudoku(SequenceModel.from_pretrained(MODEL), puzzles, solutions, planner="top_margin")
+    assert rep["solved"] == 8 and rep["cell_accuracy"] == 1.0
+
+
+@needs_model
+def test_cli_solve_and_eval(tmp_path, capsys):
+    puzzles, solutions = _puzzles(4, 40, 5)
+    assert main(["sudoku", "solve", format_board(puzzles[0], pretty=False).replace("0", ".")]) == 0
+    out = capsys.readouterr().out
+    assert "solved;" in out and "NOT" not in out
+    assert format_board(solutions[0]) in out  # the unique solution, printed as a board
+    assert main(["sudoku", "solve", format_board(puzzles[1], pretty=False), "--json", "--model", str(MODEL)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["solved"] is True and res["board"] == format_board(solutions[1], pretty=False)
+    path = _write_csv(tmp_path / "p.csv", puzzles, solutions)
+    assert main(["eval", str(MODEL), "--task", "sudoku", "--data", str(path), "--json", "--limit", "3"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["n"] == 3 and m["solve_rate"] == 1.0 and m["cell_accuracy"] == 1.0 and m["nfe"] >= 41
+
+
+# ---- user mistakes: one line, exit status 2 -----------------------------------------------------------------
+@pytest.mark.parametrize("puzzle, words", [
+    ("123", "has 3 cells"),
+    ("x" * 81, "use only the digits"),
+    ("11" + "0" * 79, "contradict"),
+])
+def test_bad_puzzle_is_one_line_error(puzzle, words, capsys):
+    assert main(["sudoku", "solve", puzzle]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.strip().count("\n") == 0 and err.startswith("ddlm sudoku: error:")
+
+
+def test_eval_errors_are_one_line(tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    SequenceModel(load_preset("sudoku-tiny"), CharTokenizer("123456789")).save_pretrained(model_dir)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1" * 81 + "\n")  # no solution field
+    for args, words in ([["--data", str(bad)], "line 1"], [[], "needs --data"],
+                        [["--data", str(bad), "--planner", "nope"], "unknown planner"]):
+        assert main(["eval", str(model_dir), "--task", "sudoku", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.strip().count("\n") == 0
+    assert main(["sudoku", "solve", "0" * 81, "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
