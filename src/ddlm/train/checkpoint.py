@@ -3,8 +3,9 @@
 A checkpoint `checkpoints/step-000100.pt` holds everything needed to continue exactly: model, EMA,
 optimiser, step, RNG states and the config (the data position is the step: batches depend on (seed, step)).
 It is written as `*.tmp`, flushed to disk, then renamed; its SHA-256 is stored in `step-000100.sha256`
-(written after the checkpoint). A checkpoint whose checksum is missing or wrong is skipped with a message,
-and the newest good one is used.
+(written after the checkpoint). A checkpoint whose checksum is missing (the process was killed between the
+two renames: *incomplete*) or wrong (the file changed on disk: *damaged*) is skipped with a message, and the
+newest good one is used. A SIGKILL can only ever leave an incomplete checkpoint, never a damaged one.
 """
 
 from __future__ import annotations
@@ -75,14 +76,25 @@ def verify(path: Path) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == digest.read_text().strip() else None
 
 
+def is_complete(path: Path) -> bool:
+    """Whether the checkpoint's write finished (its checksum file exists); says nothing about its bytes."""
+    return path.with_suffix(".sha256").is_file()
+
+
 def load_latest(run_dir, log=print) -> dict | None:
-    """The newest checkpoint that verifies; damaged ones are reported and skipped. None if there is none."""
+    """The newest checkpoint that verifies; others are reported and skipped. None if there is none."""
     for path in list_checkpoints(run_dir):
         data = verify(path)
         if data is None:
-            log(f"checkpoint {path} is incomplete or damaged (checksum mismatch); trying an older one")
+            why = ("damaged (checksum mismatch)" if is_complete(path)
+                   else "incomplete (no checksum: the run stopped while writing it)")
+            log(f"checkpoint {path} is {why}; trying an older one")
             continue
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        except Exception as e:  # right checksum but unreadable: written by an incompatible torch/ddlm
+            raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it was written by an "
+                            "incompatible version, resume with that version or start again") from None
     return None
 
 

@@ -6,12 +6,20 @@ Run directory:
     checkpoints/         resumable, atomic, checksummed (see checkpoint.py)
     model/               the EMA weights as a save_pretrained directory, refreshed at every checkpoint
     log.csv              one row per logged step and per validation
+
+Exact resume: a checkpoint holds the model, EMA, optimiser, step (which fixes the learning-rate schedule and
+the data position, since batches depend only on (seed, step)), the training-noise generator, the global
+RNG states and the number of log rows written so far. Work that is not training (exporting the EMA model,
+validation) runs under `torch.random.fork_rng`, so it never moves the RNG that dropout uses. On resume,
+log.csv is cut back to the rows written before the checkpoint, so a killed-and-resumed run has exactly the
+rows of an uninterrupted one (only the timing columns differ).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import signal
 import time
@@ -22,7 +30,7 @@ import torch
 from ..config import RunConfig
 from ..errors import UserError
 from ..pipeline import SequenceModel
-from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import is_complete, list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
 from .optim import EMA, make_optimizer, set_lr
 
 
@@ -85,7 +93,7 @@ class Trainer:
             from ..data.tokenizers import load_tokenizer
             tokenizer = load_tokenizer(self.out)
         tokenizer, self.batches, self.val_blocks = prepare_data(cfg, tokenizer)
-        torch.manual_seed(cfg.train.seed)
+        _seed_everything(cfg.train.seed)
         self.model = SequenceModel(cfg, tokenizer)
         self.backbone = self.model.backbone
         self.train_module = self.backbone
@@ -98,10 +106,14 @@ class Trainer:
         self.ema = EMA(self.backbone, cfg.train.ema) if cfg.train.ema > 0 else None
         self.noise = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * rank)
         self.step = 0
+        self._logger = None
         if rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.yaml")
             tokenizer.save(self.out)
+            # config.yaml last and atomically: its presence marks a run directory that `resume` can continue
+            tmp = self.out / "config.yaml.tmp"
+            cfg.save(tmp)
+            os.replace(tmp, self.out / "config.yaml")
 
     # ---- resume ------------------------------------------------------------------------------------------
     @classmethod
@@ -115,18 +127,23 @@ class Trainer:
         trainer = cls(cfg, out, _resuming=True, **kwargs)
         state = load_latest(out, log=trainer.log)
         if state is None:
-            if list_checkpoints(out):
-                raise UserError(f"no intact checkpoint in {out}/checkpoints; every one failed its checksum")
-            trainer.log(f"no checkpoint in {out} yet; starting from step 0")
+            damaged = [p.name for p in list_checkpoints(out) if is_complete(p)]
+            if damaged:  # real corruption, not an interrupted write: let the user decide
+                raise UserError(f"no intact checkpoint in {out}/checkpoints ({', '.join(damaged)} failed the "
+                                f"checksum); restore them, or delete {out}/checkpoints to resume from step 0")
+            trainer.log(f"no complete checkpoint in {out} yet; starting from step 0")
         else:
             trainer.load_state(state)
             trainer.log(f"resuming {out} from step {trainer.step}")
+        if trainer.rank == 0:
+            _CSVLog.truncate(out / "log.csv", state.get("log_rows", 0) if state else 0)
         return trainer
 
     def state(self) -> dict:
         return {"step": self.step, "model": self.backbone.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "noise": self.noise.get_state(),
-                "rng": rng_state(), "config": self.cfg.to_dict()}
+                "rng": rng_state(), "config": self.cfg.to_dict(),
+                "log_rows": self._logger.rows if self._logger else 0}
 
     def load_state(self, state: dict) -> None:
         self.backbone.load_state_dict(state["model"])
@@ -153,7 +170,7 @@ class Trainer:
         if self.progress and self.rank == 0:
             from tqdm import tqdm
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", dynamic_ncols=True)
-        logger = _CSVLog(self.out / "log.csv") if self.rank == 0 else None
+        logger = self._logger = _CSVLog(self.out / "log.csv") if self.rank == 0 else None
         t0, tokens = time.perf_counter(), 0
         self.backbone.train()
         try:
@@ -167,12 +184,16 @@ class Trainer:
                     (out["loss"] / cfg.grad_accum).backward()
                     for k, v in out.items():
                         metrics[k] = metrics.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                if not math.isfinite(metrics["loss"]):
-                    raise TrainingStopped(f"loss became {metrics['loss']} at step {self.step}; stopped, the last "
-                                          f"good checkpoint in {self.out}/checkpoints is kept (try a lower "
-                                          "train.lr or train.grad_clip)")
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
-                             if cfg.grad_clip > 0 else torch.tensor(0.0))
+                # the norm is computed even without clipping (max_norm=inf scales by exactly 1): an infinite
+                # gradient with a finite loss would otherwise write NaN weights into the next checkpoint
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.backbone.parameters(),
+                                                           cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                for what, value in (("loss", metrics["loss"]), ("gradient norm", float(grad_norm))):
+                    if not math.isfinite(value):
+                        raise TrainingStopped(
+                            f"the {what} is not finite ({value}) at step {self.step}; training stopped before "
+                            f"the update, the last good checkpoint in {self.out}/checkpoints is kept (lower "
+                            f"train.lr or set train.grad_clip in {self.out}/config.yaml, then --resume)")
                 self.optimizer.step()
                 if self.ema:
                     self.ema.update(self.backbone)
@@ -213,11 +234,16 @@ class Trainer:
         """The model to sample from: a copy with the EMA weights when EMA is on."""
         if self.ema is None:
             return self.model
-        ema_model = SequenceModel(self.cfg, self.model.tokenizer)
+        with torch.random.fork_rng(devices=[]):  # building the copy draws init weights: keep the RNG unmoved
+            ema_model = SequenceModel(self.cfg, self.model.tokenizer)
         ema_model.backbone.load_state_dict(self.ema.state_dict())
         return ema_model.eval()
 
     def _validate(self, logger, bar) -> dict:
+        with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG
+            return self._validate_unforked(logger, bar)
+
+    def _validate_unforked(self, logger, bar) -> dict:
         from ..eval.elbo import evaluate_nll
 
         model = self.export_model()
@@ -230,6 +256,17 @@ class Trainer:
         return metrics
 
 
+def _seed_everything(seed: int) -> None:
+    """Seed every global RNG the training process may touch (torch, Python, NumPy): --seed decides it all."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 class _CSVLog:
     FIELDS = ["step", "split", "loss", "nelbo", "masked_ce", "bpc", "lr", "grad_norm", "tokens_per_s",
               "elapsed_s"]
@@ -239,10 +276,28 @@ class _CSVLog:
         if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
+        with open(path, newline="") as f:
+            self.rows = max(sum(1 for _ in csv.reader(f)) - 1, 0)  # data rows, without the header
 
     def write(self, **row) -> None:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.FIELDS])
+        self.rows += 1
+
+    @classmethod
+    def truncate(cls, path: Path, rows: int) -> None:
+        """Keep the header and the first `rows` data rows (those written before the resumed checkpoint)."""
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)[1: rows + 1]
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # a row cut short by a kill
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerow(cls.FIELDS)  # the header too may have been cut short
+            f.write("".join(lines))
+        os.replace(tmp, path)
 
 
 def _fmt(v):
