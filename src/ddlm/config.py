@@ -40,7 +40,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ProcessConfig:
     name: str = "mdlm"
-    "model family: mdlm (masked diffusion) or ar (autoregressive baseline)"
+    "model family: mdlm, d3pm-uniform, d3pm-absorbing, d3pm-gaussian, d3pm-nn, rdm-absorbing, rdm-multinomial, ar"
     schedule: str = "loglinear"
     "noise schedule alpha(t): loglinear, linear, cosine, geometric"
     t_sampling: str = "stratified"
@@ -51,6 +51,22 @@ class ProcessConfig:
     "smallest t drawn in training and evaluation (avoids the 1/t singularity)"
     loss_weighting: str = "elbo"
     "elbo (the Rao-Blackwellised NELBO, -alpha'/(1-alpha) weights) or ce (masked cross-entropy averaged over masked tokens)"
+    steps: int = 1000
+    "D3PM/RDM: number of discrete time steps T"
+    discrete_schedule: str = ""
+    "D3PM/RDM beta schedule: absorbing (1/(T-t+1)), cosine, linear, mutual_information; empty = the family's default"
+    hybrid_lambda: float = 0.01
+    "D3PM: weight of the auxiliary cross-entropy in L_vb + lambda * CE"
+    rdm_weighting: str = "linear"
+    "RDM training weights of the noisy-token CE at step t: linear (1-(t-1)/T), reciprocal (1/t), none (1), elbo"
+    routing: str = "deterministic"
+    "RDM --sampler routing: deterministic (top-k scores) or stochastic (Gumbel-top-k, routing_temperature)"
+    routing_temperature: float = 1.0
+    "RDM stochastic routing: Gumbel noise scale on the scores (annealed with the noise level)"
+    routing_schedule: str = "linear"
+    "RDM routing: how many tokens stay noisy after each step: linear or cosine"
+    routing_condition: str = "cond"
+    "RDM routing: cond (re-noise a decoded token only if the model now agrees but is less sure) or uncond"
 
 
 @dataclass(frozen=True)
