@@ -98,6 +98,37 @@ def test_oracle_scores_exactly(tmp_path):
     assert rep["nfe"] == pytest.approx(evals / 5)
 
 
+class _TrapBackbone(_OracleBackbone):
+    """Right everywhere, except that while blank `c` is masked it is sure of a wrong digit at blank `d` < c: an
+    index-order planner falls into the trap, an order that fills c before d does not."""
+
+    def __init__(self, answer, c, d):
+        super().__init__(answer)
+        self.c, self.d = c, d
+        self.register_buffer("wrong", torch.roll(self.logits[d], 1))  # certain of another digit
+
+    def forward(self, x, t=None):
+        out = super().forward(x, t).clone()
+        trapped = x[:, self.c] == 9  # (B,) c still masked
+        out[trapped, self.d] = self.wrong
+        return out
+
+
+def test_tries_recover_from_a_bad_order():
+    (puzzle,), (grid,) = _puzzles(1, 40, 6)
+    d, c = np.flatnonzero(puzzle == 0)[[0, -1]]
+    model = _oracle_model(grid)
+    model.backbone = _TrapBackbone(grid, c, d)
+    # all margins tie at 1, ties go to the lowest index: d is committed (wrongly) before c
+    one = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin")
+    assert one["solved"] == 0 and one["boards"][0, d] != grid[d] and (one["boards"][0, c] == grid[c])
+    # perturbed retries put c before d half of the time; a dozen tries fail with probability 2^-12 (seeded)
+    many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12)
+    assert many["solved"] == 1 and many["nfe"] > one["nfe"]
+    with pytest.raises(UserError, match="tries"):
+        evaluate_sudoku(model, puzzle[None], planner="top_margin", tries=0)
+
+
 def test_score_boards_counts_only_valid_grids_keeping_givens():
     puzzles, grids = _puzzles(2, 40, 3)
     broken = grids.copy()

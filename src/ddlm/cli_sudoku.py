@@ -27,7 +27,7 @@ def cmd_solve(args) -> int:
 
     puzzle = parse_board(args.puzzle)  # one-line UserError for a bad string
     model = SequenceModel.from_pretrained(args.model or default_model_dir())
-    report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps)
+    report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     if args.json:
         print(json.dumps({"puzzle": format_board(puzzle, pretty=False), "board": format_board(board, pretty=False),
@@ -54,5 +54,7 @@ def register(sub) -> None:
     solve.add_argument("--planner", default="top_margin",
                        help="decoding order: random, top_prob, top_margin (default), entropy, confidence")
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
+    solve.add_argument("--tries", type=_positive_int, default=1,
+                       help="solve again with a Gumbel-perturbed order while the board breaks a rule (default 1)")
     solve.add_argument("--json", action="store_true", help="print one JSON object")
     solve.set_defaults(func=cmd_solve)
