@@ -84,21 +84,39 @@ def _assert_same_run(ref, run):
 
 
 # ---- SIGKILL at random moments ----------------------------------------------------------------------------
+def _complete_step(run: Path) -> int:
+    done = [int(p.name[5:13]) for p in (run / "checkpoints").glob("step-*.sha256")]
+    return max(done, default=0)
+
+
+def _tmp_files(run: Path) -> dict:
+    """*.tmp files being written (checkpoints, exported model) -> their mtime."""
+    found = {}
+    for sub in ("checkpoints", "model"):
+        try:
+            with os.scandir(run / sub) as it:
+                found.update({e.path: e.stat().st_mtime_ns for e in it if e.name.endswith(".tmp")})
+        except FileNotFoundError:
+            pass
+    return found
+
+
 def _wait_then_kill(proc, run: Path, mode: str, rng: random.Random) -> bool:
-    """SIGKILL `proc` at a moment chosen by `mode`; False if it finished first."""
-    ckpts = run / "checkpoints"
-    target = rng.randint(2, 12)
+    """SIGKILL `proc` at a moment chosen by `mode`; False if it finished first.
+
+    start: as soon as the run directory exists; write: while a checkpoint or the exported model is being
+    written (a *.tmp newer than the launch); step: a random few ms after a random later checkpoint."""
+    stale = _tmp_files(run)
+    target = _complete_step(run) + rng.randint(2, 10)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if mode == "start" and (run / "config.yaml").exists():
             break
-        if ckpts.is_dir():
-            names = os.listdir(ckpts)
-            if mode == "write" and any(n.endswith(".tmp") for n in names):
-                break  # a checkpoint is being written right now
-            if mode == "step" and any(n.endswith(".pt") and int(n[5:13]) >= target for n in names):
-                time.sleep(rng.uniform(0, 0.02))
-                break
+        if mode == "write" and any(stale.get(p) != t for p, t in _tmp_files(run).items()):
+            break
+        if mode == "step" and (run / "checkpoints").is_dir() and _complete_step(run) >= target:
+            time.sleep(rng.uniform(0, 0.02))
+            break
         time.sleep(0.0005)
     if proc.poll() is not None:
         return False
@@ -115,7 +133,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
     cmd = base + ["--preset", "tiny", "--out", str(run), *OVERRIDES]
     rng = random.Random(os.getpid())
     kills = 0
-    for mode in ("start", "write", "step", "write"):
+    for mode in ("start", "write", "step", "write"):  # each later one resumes
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         kills += _wait_then_kill(proc, run, mode, rng)
         cmd = base + ["--resume", str(run)]
@@ -123,6 +141,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
     assert done.returncode == 0, done.stderr
     assert kills >= 2
     _assert_same_run(ref, run)
+    assert not list((run / "checkpoints").glob("*.tmp"))  # partial writes are cleaned up on resume
 
 
 # ---- damaged checkpoints ----------------------------------------------------------------------------------

@@ -76,6 +76,14 @@ def verify(path: Path) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == digest.read_text().strip() else None
 
 
+def remove_partial_writes(run_dir) -> None:
+    """Delete *.tmp files a killed run left in checkpoints/ (never renamed, so never trusted)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.glob("*.tmp"):
+            p.unlink(missing_ok=True)
+
+
 def is_complete(path: Path) -> bool:
     """Whether the checkpoint's write finished (its checksum file exists); says nothing about its bytes."""
     return path.with_suffix(".sha256").is_file()

@@ -30,7 +30,8 @@ import torch
 from ..config import RunConfig
 from ..errors import UserError
 from ..pipeline import SequenceModel
-from .checkpoint import is_complete, list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
+                         save_checkpoint, set_rng_state)
 from .optim import EMA, make_optimizer, set_lr
 
 
@@ -137,6 +138,7 @@ class Trainer:
             trainer.log(f"resuming {out} from step {trainer.step}")
         if trainer.rank == 0:
             _CSVLog.truncate(out / "log.csv", state.get("log_rows", 0) if state else 0)
+            remove_partial_writes(out)
         return trainer
 
     def state(self) -> dict:
