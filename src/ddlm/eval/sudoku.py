@@ -70,14 +70,14 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
     boards = np.zeros(puzzles.shape, np.int8)
     nfe = row_evals = 0
     start = time.perf_counter()
-    chunks = range(0, len(puzzles), batch_size)
+    bar = None
     if progress:
         from tqdm import tqdm
-        chunks = tqdm(chunks, desc="solving", unit="batch", file=sys.stderr, leave=False)
+        bar = tqdm(total=len(puzzles), desc="solving", unit="puzzle", file=sys.stderr, leave=False)
     was_training = model.backbone.training
     model.backbone.eval()
     try:
-        for lo in chunks:
+        for lo in range(0, len(puzzles), batch_size):
             p = puzzles[lo: lo + batch_size]
             tokens = torch.from_numpy(to_tokens(p))  # (b, 81), blanks = MASK
             given = tokens != MASK_TOKEN  # (b, 81)
@@ -94,8 +94,12 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
             boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
             nfe += out.nfe
             row_evals += out.row_evals
+            if bar is not None:
+                bar.update(len(p))
     finally:
         model.backbone.train(was_training)
+        if bar is not None:
+            bar.close()
     return {"boards": boards, "nfe": nfe, "row_evals": row_evals, "seconds": time.perf_counter() - start}
 
 
