@@ -82,18 +82,18 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
             tokens = torch.from_numpy(to_tokens(p))  # (b, 81), blanks = MASK
             given = tokens != MASK_TOKEN  # (b, 81)
             blanks = int((~given).sum(-1).max()) if len(p) else 0
-            if blanks == 0:
+            if blanks == 0:  # nothing to fill in
                 boards[lo: lo + len(p)] = p
-                continue
-            # One blank per step for every row: a row with fewer blanks commits ceil(m / steps_left) = 1 per
-            # step too, and the cache skips it once it is full.
-            out = sample_masked(model.backbone, model.process, len(p), N_CELLS, steps or blanks, rule="planned",
-                                planner=plan, temperature=temperature, cached=True,
-                                fixed=torch.where(given, tokens, 0).to(device), fixed_mask=given.to(device),
-                                generator=generator)
-            boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
-            nfe += out.nfe
-            row_evals += out.row_evals
+            else:
+                # One blank per step for every row: a row with fewer blanks commits ceil(m / steps_left) = 1 per
+                # step too, and the cache skips it once it is full.
+                out = sample_masked(model.backbone, model.process, len(p), N_CELLS, steps or blanks,
+                                    rule="planned", planner=plan, temperature=temperature, cached=True,
+                                    fixed=torch.where(given, tokens, 0).to(device), fixed_mask=given.to(device),
+                                    generator=generator)
+                boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
+                nfe += out.nfe
+                row_evals += out.row_evals
             if bar is not None:
                 bar.update(len(p))
     finally:
