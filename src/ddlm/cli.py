@@ -70,6 +70,8 @@ def cmd_train(args) -> int:
             if value is not None:
                 overrides.append(f"{key}={value}")
         cfg = apply_overrides(cfg, overrides)
+        from .families import configure
+        cfg = configure(cfg, overrides)  # e.g. D3PM switches on model.time_conditioning
         out = args.out or f"runs/{args.preset or 'quick'}"
         trainer = Trainer(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
     model = trainer.run()
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="overrides (section.field=value, values parsed as YAML):\n" + fields)
     t.add_argument("--preset", help="named preset (see `ddlm presets`) or a YAML file; default quick")
     t.add_argument("--data", help="corpus: kjv (default), shakespeare, a text file or a glob")
-    t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)}")
+    t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)} (D3PM and rdm-multinomial switch on "
+                   "model.time_conditioning; see ddlm.families)")
     t.add_argument("--tokenizer", choices=["char", "byte", "bpe"], help="tokenizer built from the corpus")
     t.add_argument("--out", help="run directory (default runs/PRESET)")
     t.add_argument("--max-steps", type=_positive_int, help="optimiser steps")
@@ -174,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length", type=_positive_int, help="tokens per sample (default: the context length; "
                    "longer samples are generated in sliding blocks)")
     s.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's sample.steps)")
-    s.add_argument("--sampler", choices=SAMPLERS, help="ancestral, cached or planned")
-    s.add_argument("--planner", help="planner for --sampler planned: random, top_prob, top_margin, entropy, "
+    s.add_argument("--sampler", choices=SAMPLERS, help="ancestral (every diffusion family), cached or planned "
+                   "(mdlm), routing or planned (rdm-*; planned = rdm-absorbing without re-noising)")
+    s.add_argument("--planner", help="planner for --sampler planned (mdlm): random, top_prob, top_margin, entropy, "
                    "confidence")
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")

@@ -1,0 +1,125 @@
+"""RDM's routing sampler (Zheng et al. 2024, "A Reparameterized Discrete Diffusion Model for Text Generation",
+section 4.3), for absorbing and multinomial noise.
+
+The sampler tracks which tokens are noisy (b = 0) and walks K steps. At each step the denoiser proposes
+x~_0 ~ p~(x_0 | x_t) with score s = log p~(x~_0 | x_t) per position, and a *route* decides which tokens are
+noisy afterwards:
+
+  ancestral      the model's own reverse process: each noisy token becomes clean with probability
+                 (abar_s - abar_t) / (1 - abar_t) (positions chosen at random; what the bound scores)
+  deterministic  the m lowest-scoring positions are noisy after the step, m = the number the schedule
+                 (linear or cosine in the remaining fraction) leaves noisy; the rest are clean
+  stochastic     the same with Gumbel-top-k: scores + routing_temperature * rate * G, rate = m / n (annealed)
+
+Noisy tokens ranked above the cut take their proposal. A clean token ranked below it is re-noised
+(`condition="uncond"`), only if the model now proposes the same token with a lower score than when it was
+decoded (`"cond"`, RDM's conditioned variant), or never (`"none"`: only noisy positions are ranked, which is
+the planned masked loop with the rdm planner). Noise is [MASK] (absorbing) or a fresh uniform token
+(multinomial). Fixed positions (prompt, infilling) are clean from the start and never routed.
+
+With an exact denoiser, one decoded token per step and a choice of positions that does not depend on the
+proposed tokens (condition "none", stochastic routing at a temperature that swamps the scores, K = L), the
+sampler draws exactly from the data distribution: it is a random-order autoregressive sampler. At low
+temperature the choice depends on the proposals (confident first), which sharpens samples and is not exact.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..errors import UserError
+from .categorical import sample_categorical
+from .loop import SampleOutput, check_sampling_args
+from .planners import gumbel_noise, top_k_masked, unmask_counts_batch
+
+ROUTES = ("ancestral", "deterministic", "stochastic", "planned")
+CONDITIONS = ("cond", "uncond", "none")
+
+
+def check_routing(route: str, condition: str, schedule: str, routing_temperature: float) -> None:
+    if route not in ROUTES:
+        raise UserError(f"unknown RDM route {route!r}; choose one of {', '.join(ROUTES)}")
+    if condition not in CONDITIONS:
+        raise UserError(f"unknown process.routing_condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
+    if schedule not in ("linear", "cosine"):
+        raise UserError(f"unknown process.routing_schedule {schedule!r}; choose linear or cosine")
+    if not routing_temperature >= 0:
+        raise UserError(f"process.routing_temperature must be >= 0, got {routing_temperature}")
+
+
+@torch.no_grad()
+def sample_rdm(backbone, process, n: int, length: int, *, steps: int, temperature: float = 1.0,
+               route: str = "deterministic", routing_temperature: float = 1.0, schedule: str = "linear",
+               condition: str = "cond", fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None,
+               generator=None, progress: bool = False) -> SampleOutput:
+    """n sequences of `length` tokens from an RDM denoiser (`process` an RDMProcess) in `steps` network calls."""
+    check_sampling_args(n, length, steps, temperature)
+    check_routing(route, condition, schedule, routing_temperature)
+    if route == "planned":
+        return _planned(backbone, process, n, length, steps, temperature, routing_temperature, fixed, fixed_mask,
+                        generator, progress)
+    device = next(backbone.parameters()).device
+    given = torch.zeros((n, length), dtype=torch.bool, device=device)
+    x = torch.zeros((n, length), dtype=torch.long, device=device)
+    if fixed is not None:
+        given = fixed_mask.to(device).expand(n, length).clone()
+        x = torch.where(given, fixed.to(device).expand(n, length), x)
+    noisy = ~given  # (B, L) b = 0
+    x = torch.where(noisy, process.noise_like(x, generator), x)
+    stored = torch.zeros((n, length), dtype=torch.float64, device=device)  # score of each decoded token
+    # how many free positions stay noisy after each step: (B, K + 1), column j = after j steps
+    counts = unmask_counts_batch(noisy.sum(-1).cpu(), steps, schedule).to(device)
+    remaining = noisy.sum(-1, keepdim=True) - torch.cat([torch.zeros_like(counts[:, :1]), counts.cumsum(-1)], -1)
+    nfe, start = 0, time.perf_counter()
+    iterator = range(steps, 0, -1)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc="sampling", leave=False)
+    for k in iterator:
+        if route == "ancestral" and not noisy.any():
+            break
+        t = torch.full((n,), k / steps, device=device)
+        logp = process.log_probs(backbone(x, t)).double()  # (B, L, V)
+        nfe += 1
+        proposal = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
+        score = logp.gather(-1, proposal[..., None])[..., 0]  # (B, L)
+        if route == "ancestral":
+            p = process.reveal_prob(t.double(), torch.full_like(t, (k - 1) / steps).double())[:, None]  # (B, 1)
+            u = torch.rand(noisy.shape, generator=generator, dtype=torch.float64, device=device)
+            denoise, renoise = noisy & (u < p), torch.zeros_like(noisy)
+        else:
+            m = remaining[:, steps - k + 1]  # (B,) noisy after this step
+            key = score
+            if route == "stochastic" and routing_temperature > 0:
+                rate = (m.double() / remaining[:, 0].clamp_min(1).double())[:, None]  # (B, 1), anneals to 0
+                key = key + routing_temperature * rate * gumbel_noise(key.shape, generator, device)
+            ranked = noisy if condition == "none" else ~given
+            low = top_k_masked(-key, ranked, m)  # (B, L) the m lowest keys among the ranked positions
+            clean = ~noisy & ~given
+            if condition == "uncond":
+                renoise = clean & low
+            elif condition == "cond":
+                renoise = clean & low & (proposal == x) & (score < stored)
+            else:
+                renoise = torch.zeros_like(noisy)
+            denoise = noisy & ~low
+        x = torch.where(denoise, proposal, x)
+        stored = torch.where(denoise, score, stored)
+        noisy = (noisy & ~denoise) | renoise
+        x = torch.where(noisy, process.noise_like(x, generator), x)  # noise is redrawn: it carries nothing
+    return SampleOutput(x, nfe, nfe * n, time.perf_counter() - start)
+
+
+def _planned(backbone, process, n, length, steps, temperature, routing_temperature, fixed, fixed_mask, generator,
+             progress):
+    """Absorbing RDM without re-noising and a linear k: the one masked loop with the rdm planner."""
+    from .loop import sample_masked
+    from .planners import get_planner
+
+    if getattr(process, "noise", None) != "absorbing":
+        raise UserError("--sampler planned needs [MASK] tokens (rdm-absorbing); use --sampler routing")
+    return sample_masked(backbone, process, n, length, steps, rule="planned",
+                         planner=get_planner("rdm", temperature=routing_temperature), temperature=temperature,
+                         fixed=fixed, fixed_mask=fixed_mask, generator=generator, progress=progress)
