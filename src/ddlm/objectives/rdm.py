@@ -14,7 +14,7 @@ else needs no model (clean stays clean; noisy stays noise, a fresh draw of m). W
 For the absorbing noise this is exactly D3PM-absorbing's L_vb and MDLM's discrete-time ELBO. RDM trains instead
 with a reweighted cross-entropy on the noisy tokens, w_t * sum_{b=0} -log p~, where (t = 1..T)
     linear      w_t = 1 - (t - 1) / T        (the paper's default)
-    reciprocal  w_t = 1 / t                  (= the bound's weight T * lambda_{t-1} for abar_t = 1 - t/T)
+    reciprocal  w_t = 1 / t                  (the bound's weight T * lambda_{t-1} / T for abar_t = 1 - t/T)
     none        w_t = 1
     elbo        w_t = T * lambda_{t-1}       (trains the bound itself)
 `bound` always returns the true bound, whatever the training weights.

@@ -21,6 +21,8 @@ With an exact denoiser, one decoded token per step and a choice of positions tha
 proposed tokens (condition "none", stochastic routing at a temperature that swamps the scores, K = L), the
 sampler draws exactly from the data distribution: it is a random-order autoregressive sampler. At low
 temperature the choice depends on the proposals (confident first), which sharpens samples and is not exact.
+Under "cond" and "uncond" clean tokens compete for the cut too; one that lands below it but is kept (cond)
+leaves room for two decodes in one step, so those variants are not exact even with an oracle.
 """
 
 from __future__ import annotations
