@@ -66,7 +66,7 @@ class ProcessConfig:
     routing_schedule: str = "linear"
     "RDM routing: how many tokens stay noisy after each step: linear or cosine"
     routing_condition: str = "cond"
-    "RDM routing: cond (re-noise a decoded token only if the model now agrees but is less sure) or uncond"
+    "RDM routing: cond (re-noise a decoded token only if the model now agrees but is less sure), uncond or none"
 
 
 @dataclass(frozen=True)
