@@ -107,9 +107,15 @@ def sample_masked(backbone, process, n: int, length: int, steps: int, *, rule: s
         t = torch.full((n,), i / steps, device=device)
         s = torch.full((n,), (i - 1) / steps, device=device)
         logp = denoise(x, t)  # (B, L, V)
-        tokens = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
-        commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, tokens, generator)
-        x = torch.where(commit & masked, tokens, x)
+        if getattr(planner, "needs_candidates", False):  # e.g. RDM routing scores the proposed tokens
+            tokens = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
+            commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, tokens, generator) & masked
+            x = torch.where(commit, tokens, x)
+            continue
+        commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, None, generator) & masked
+        if commit.any():  # draw tokens only where they are committed: most ancestral steps commit nothing
+            idx = commit.nonzero(as_tuple=True)
+            x[idx] = sample_categorical(logp[idx], temperature, generator)
     return SampleOutput(x, denoise.nfe, denoise.row_evals, time.perf_counter() - start)
 
 

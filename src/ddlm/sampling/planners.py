@@ -225,6 +225,7 @@ class RDMPlanner(_PerturbedPlanner):
 
     name = "rdm"
     options = ("temperature",)
+    needs_candidates = True  # the sampler must propose tokens before the planner picks positions
 
     def __init__(self, temperature: float = 0.0):
         t = _number(temperature, "rdm planner option temperature")
