@@ -71,7 +71,9 @@ class TimeConditioned:
         self._check(model)
         return self.objective.bound(model, x0, t, generator)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # process, hybrid_lambda, ... of the wrapped objective
+        if name == "objective":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.objective, name)
 
 
