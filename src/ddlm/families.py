@@ -17,6 +17,7 @@ and `family.sample(...)` and never branches on the family's name.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -122,12 +123,19 @@ def _d3pm_options(sampler, planner, steps, temperature):
     return {"steps": steps, "temperature": temperature}
 
 
+@functools.lru_cache(maxsize=8)
+def _d3pm_process(kind: str, vocab_size: int, steps: int, schedule: str | None):
+    """Built once per process: the nearest-neighbour mutual-information schedule bisects (T, V, V) matrix
+    exponentials (minutes at T = 1000), and a run builds its family several times (train, eval, sample)."""
+    kwargs = {"schedule": schedule}
+    if kind == "nearest_neighbour":
+        kwargs["embedding"] = torch.arange(vocab_size, dtype=torch.float64)[:, None]
+    return make_d3pm_process(kind, vocab_size, steps, **kwargs)
+
+
 def _d3pm(kind: str, family: str):
     def build(cfg: ProcessConfig, vocab_size: int) -> Family:
-        kwargs = {"schedule": cfg.discrete_schedule or None}
-        if kind == "nearest_neighbour":
-            kwargs["embedding"] = torch.arange(vocab_size, dtype=torch.float64)[:, None]
-        process = make_d3pm_process(kind, vocab_size, cfg.steps, **kwargs)
+        process = _d3pm_process(kind, vocab_size, cfg.steps, cfg.discrete_schedule or None)
         objective = TimeConditioned(D3PMBound(process, cfg.hybrid_lambda), family)
         return Family(family, process, objective, causal=False, sample=sample_d3pm, samplers=("ancestral",),
                       options=_d3pm_options)
