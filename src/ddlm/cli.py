@@ -40,6 +40,13 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    v = _nonneg_int(text)
+    if v >= 2**31:  # torch and NumPy generators take bounded seeds; a traceback otherwise
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{2**31 - 1}, got {v}")
+    return v
+
+
 def _float(text: str) -> float:
     try:
         v = float(text)
@@ -86,6 +93,14 @@ def cmd_sample(args) -> int:
     from .pipeline import SequenceModel
 
     model = SequenceModel.from_pretrained(args.model)
+    if args.planner is not None:
+        from .sampling.planners import get_planner
+
+        get_planner(args.planner)  # an unknown name is a UserError listing the valid ones
+        sampler = args.sampler or model.cfg.sample.sampler
+        if sampler != "planned":
+            raise UserError(f"--planner chooses the order of --sampler planned, but this run samples with "
+                            f"{sampler!r}; add --sampler planned")
     out = model.generate(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler,
                          planner=args.planner, temperature=args.temperature, prompt=args.prompt, seed=args.seed,
                          progress=not args.json)
@@ -164,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=_positive_int, help="optimiser steps")
     t.add_argument("--batch-size", type=_positive_int, help="sequences per step")
     t.add_argument("--ckpt-every", type=_nonneg_int, help="checkpoint every N steps")
-    t.add_argument("--seed", type=_nonneg_int, help="random seed")
+    t.add_argument("--seed", type=_seed, help="random seed")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last good checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -183,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "confidence")
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_sample)
 
@@ -193,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--t-samples", type=_positive_int, default=4, help="passes with fresh t per block (default 4)")
     e.add_argument("--max-blocks", type=_positive_int, help="evaluate at most N validation blocks")
     e.add_argument("--batch-size", type=_positive_int, default=32, help="blocks per forward pass")
-    e.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the t-samples")
+    e.add_argument("--seed", type=_seed, default=0, help="random seed of the t-samples")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--task", default="text", choices=list(TASKS_HELP),
                    help="what to evaluate: " + "; ".join(f"{k}: {v}" for k, v in TASKS_HELP.items()))
@@ -212,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `ddlm train --out DIR a.b=1 --quiet c.d=2`: overrides after an option are overrides too
+        if args.command == "train" and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except UserError as e:

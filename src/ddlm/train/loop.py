@@ -39,9 +39,18 @@ class TrainingStopped(UserError):
     """Training stopped early (NaN loss, interrupted): the last good checkpoint is kept."""
 
 
+def _in_range(name: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
+    """UserError unless lo <(=) value <(=) hi (NaN is never in range)."""
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+                        f"got {value}")
+
+
 def validate_config(cfg: RunConfig) -> None:
+    """Every training setting checked before any work starts: a bad value is one line, never a traceback."""
     t = cfg.train
-    for name in ("max_steps", "batch_size", "grad_accum"):
+    for name in ("max_steps", "batch_size", "grad_accum", "eval_batches"):
         if getattr(t, name) <= 0:
             raise UserError(f"train.{name} must be positive, got {getattr(t, name)}")
     for name in ("eval_every", "ckpt_every", "log_every", "warmup_steps", "threads"):
@@ -51,14 +60,24 @@ def validate_config(cfg: RunConfig) -> None:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
     if not (t.lr > 0 and math.isfinite(t.lr)):
         raise UserError(f"train.lr must be a positive number, got {t.lr}")
-    if not 0.0 <= t.ema < 1.0:
-        raise UserError(f"train.ema must be in [0, 1), got {t.ema}")
+    _in_range("train.seed", t.seed, 0, 2**31 - 1)  # NumPy and torch generators take 32-bit seeds
+    _in_range("train.ema", t.ema, 0.0, 1.0, hi_open=True)
+    _in_range("train.beta2", t.beta2, 0.0, 1.0, hi_open=True)
+    _in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
+    _in_range("train.weight_decay", t.weight_decay, 0.0, math.inf, hi_open=True)
+    _in_range("train.grad_clip", t.grad_clip, 0.0, math.inf, hi_open=True)
     m = cfg.model
     for name in ("n_layers", "d_model", "n_heads", "max_len"):
         if getattr(m, name) <= 0:
             raise UserError(f"model.{name} must be positive, got {getattr(m, name)}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    _in_range("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
+    _in_range("model.mlp_ratio", m.mlp_ratio, 0.0, 1024.0, lo_open=True)
+    if int(m.d_model * m.mlp_ratio) < 1:
+        raise UserError(f"model.mlp_ratio={m.mlp_ratio} leaves the MLP no hidden units; use e.g. 4")
+    sc = cfg.sample  # checked now so that a week of training does not end in a model that cannot sample
+    if sc.steps <= 0:
+        raise UserError(f"sample.steps must be positive, got {sc.steps}")
+    _in_range("sample.temperature", sc.temperature, 0.0, 100.0)
 
 
 def prepare_data(cfg: RunConfig, tokenizer=None):
