@@ -174,6 +174,20 @@ def test_cli_solve_and_eval(tmp_path, capsys):
     assert m["n"] == 3 and m["solve_rate"] == 1.0 and m["cell_accuracy"] == 1.0 and m["nfe"] >= 41
 
 
+def test_train_preset_then_eval_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "sudoku-tiny", "--out", str(run), "--quiet"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    puzzles, solutions = _puzzles(3, 30, 7)
+    path = _write_csv(tmp_path / "p.csv", puzzles, solutions)
+    assert main(["eval", str(run), "--task", "sudoku", "--data", str(path), "--json", "--planner", "random"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert {"solve_rate", "cell_accuracy", "n", "nfe", "seconds", "planner"} <= m.keys() and m["n"] == 3
+    blanks = (puzzles == 0).sum(1)
+    assert m["nfe"] == pytest.approx(np.minimum(blanks + 1, blanks.max()).sum() / 3)
+    assert 0.0 <= m["cell_accuracy"] <= 1.0 and m["planner"] == "random"
+
+
 # ---- user mistakes: one line, exit status 2 -----------------------------------------------------------------
 @pytest.mark.parametrize("puzzle, words", [
     ("123", "has 3 cells"),
