@@ -147,6 +147,8 @@ class RunConfig:
         sections = {}
         for f in fields(cls):
             sub = d.get(f.name, {}) or {}
+            if not isinstance(sub, dict):
+                raise UserError(f"config section {f.name!r} must be a mapping of field: value, got {sub!r}")
             sections[f.name] = _build(f.default_factory, sub, f.name)
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
@@ -237,7 +239,11 @@ def load_preset(name: str) -> RunConfig:
     """A named preset from src/ddlm/configs/NAME.yaml, or a path to a YAML file."""
     path = Path(name)
     if name.endswith((".yaml", ".yml")) and path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or type(e).__name__)
+            raise UserError(f"cannot read preset file {name}: {reason}; give a UTF-8 YAML file") from None
     else:
         res = resources.files("ddlm").joinpath("configs", f"{name}.yaml")
         if not res.is_file():
@@ -248,6 +254,9 @@ def load_preset(name: str) -> RunConfig:
         d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise UserError(f"preset {name!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"preset {name!r} must be a YAML mapping of sections (model:, train:, ...), "
+                        f"not a {type(d).__name__}")
     return RunConfig.from_dict(d)
 
 
