@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/ddlm train --preset quick --out runs/demo --overwrite
-	$(VENV)/bin/ddlm sample runs/demo --n 4 --length 128
-	$(VENV)/bin/ddlm eval runs/demo
+	$(VENV)/bin/ddlm sample runs/demo --n 4 --length 128 --steps 128
+	$(VENV)/bin/ddlm eval runs/demo --max-blocks 512
 
 test: $(STAMP)
 	$(PY) -m pytest
