@@ -59,14 +59,34 @@ def _float(text: str) -> float:
 
 # ---- train ------------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from .train import distributed
+
+    env = distributed.from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 without them
+    try:
+        distributed.init(env)
+        code = _train(args, env)
+        distributed.barrier()  # rank 0 has written its last checkpoint and validated before any rank leaves
+        return code
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, env) -> int:
     from .config import apply_overrides, load_preset
     from .train.loop import Trainer
 
+    ddp = {"rank": env.rank, "world": env.world}
+    if env.rank != 0:
+        ddp["log"] = lambda *a, **k: None  # one copy of each message, from rank 0
+    if env.world > 1:
+        import torch
+        from .train.distributed import threads_per_rank
+        torch.set_num_threads(threads_per_rank(env))  # train.threads, if set, overrides this
     if args.resume:
         if args.preset or args.overrides:
             raise UserError("--resume continues a run with its saved config; do not combine it with --preset "
                             "or overrides")
-        trainer = Trainer.resume(args.resume, progress=not args.quiet)
+        trainer = Trainer.resume(args.resume, progress=not args.quiet, **ddp)
     else:
         cfg = load_preset(args.preset or "quick")
         overrides = list(args.overrides)
@@ -80,8 +100,10 @@ def cmd_train(args) -> int:
         from .families import configure
         cfg = configure(cfg, overrides)  # e.g. D3PM switches on model.time_conditioning
         out = args.out or f"runs/{args.preset or 'quick'}"
-        trainer = Trainer(cfg, out, overwrite=args.overwrite, progress=not args.quiet)
+        trainer = Trainer(cfg, out, overwrite=args.overwrite, progress=not args.quiet, **ddp)
     model = trainer.run()
+    if env.rank != 0:
+        return 0
     m = getattr(trainer, "final_metrics", {})
     print(f"trained {trainer.step} steps into {trainer.out} ({model.backbone.n_params() / 1e6:.2f}M parameters); "
           f"validation {m.get('nll', float('nan')):.4f} nats/token, {m.get('bpc', float('nan')):.4f} bpc")

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
+from .distributed import barrier, mean_over_ranks, no_sync, reseed_step
 from .optim import EMA, make_optimizer, set_lr
 
 
@@ -100,7 +101,12 @@ class Trainer:
         validate_config(cfg)
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.rank, self.world = rank, world
-        if not _resuming and self.out.exists() and any(self.out.iterdir()):
+        if world > 1:
+            from .distributed import check_batch
+            check_batch(cfg.train.batch_size, cfg.train.grad_accum, world)
+        not_empty = not _resuming and self.out.exists() and any(self.out.iterdir())
+        barrier()  # every rank has looked at the run directory before rank 0 clears or writes it
+        if not_empty:
             if not overwrite:
                 raise UserError(f"run directory {self.out} is not empty; use --resume {self.out} to continue it "
                                 "or --overwrite to start again")
@@ -198,11 +204,15 @@ class Trainer:
             while self.step < cfg.max_steps:
                 lr = set_lr(self.optimizer, self.step, cfg)
                 batch = self.batches.batch(self.step, self.rank, self.world)  # (B / world, L)
+                if self.world > 1:  # per-rank noise that a resume (which loads rank 0's state) reproduces
+                    reseed_step(self.noise, cfg.seed, self.step, self.rank)
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics = {}
-                for chunk in batch.chunk(cfg.grad_accum):  # gradient accumulation over micro-batches
-                    out = objective(self.train_module, chunk, self.noise)
-                    (out["loss"] / cfg.grad_accum).backward()
+                chunks = batch.chunk(cfg.grad_accum)
+                for i, chunk in enumerate(chunks):  # gradient accumulation over micro-batches
+                    with no_sync(self.train_module, last=i == len(chunks) - 1):  # DDP: one all-reduce per step
+                        out = objective(self.train_module, chunk, self.noise)
+                        (out["loss"] / cfg.grad_accum).backward()
                     for k, v in out.items():
                         metrics[k] = metrics.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 # the norm is computed even without clipping (max_norm=inf scales by exactly 1): an infinite
@@ -220,6 +230,8 @@ class Trainer:
                     self.ema.update(self.backbone)
                 self.step += 1
                 tokens += batch.numel() * self.world
+                if self.world > 1 and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                    metrics = mean_over_ranks(metrics)  # every rank joins; rank 0 logs the global batch's loss
                 if self.rank == 0:
                     if bar is not None:
                         bar.update(1)
