@@ -1,0 +1,152 @@
+"""Training throughput: an MDLM step against an AR step on the same backbone and shape, and the machine's matmul peak.
+
+    python benchmarks/train_throughput.py [--shapes 32x128,32x81] [--repeats 5] [--threads 1] [--compile] [--json]
+
+One training step is what the Trainer does: zero_grad, loss = objective(backbone, batch), backward, gradient
+clipping, AdamW step (EMA is left out: it is the same for both objectives). Achieved GFLOP/s counts the matmul
+FLOPs analytically: 6 * (matmul weights) * tokens for forward + backward, plus attention's two L x L products,
+12 * B * L^2 * d per layer (causal attention is counted in full too: SDPA computes the whole square on CPU).
+`fraction_of_matmul_peak` divides it by a plain 2048^2 fp32 matmul measured in the same process, same threads.
+MDLM and AR steps alternate within each repeat so that a busy machine slows both alike; medians after a warm-up.
+With --compile the same steps run again with the backbone under torch.compile (its compile time reported apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import ddlm  # noqa: E402
+from ddlm.data.tokenizers import CharTokenizer  # noqa: E402
+from ddlm.train.optim import make_optimizer  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def step_flops(backbone, batch: int, length: int) -> float:
+    """Matmul FLOPs of one forward + backward: 6 * weights * tokens + 12 * B * L^2 * d per layer."""
+    weights = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, torch.nn.Linear))
+    d, layers = backbone.cfg.d_model, backbone.cfg.n_layers
+    return 6 * weights * batch * length + 12 * batch * length ** 2 * d * layers
+
+
+class Step:
+    """One training step of a family's objective on a backbone, with its own optimiser."""
+
+    def __init__(self, cfg, tokenizer, compile_: bool = False):
+        torch.manual_seed(0)
+        self.model = ddlm.SequenceModel(cfg, tokenizer)
+        self.backbone = self.model.backbone.train()
+        self.module = torch.compile(self.backbone) if compile_ else self.backbone
+        self.objective = self.model.family.objective
+        self.optimizer = make_optimizer(self.backbone, cfg.train)
+        self.noise = torch.Generator().manual_seed(1)
+        self.vocab = tokenizer.vocab_size
+
+    def __call__(self, x0: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective(self.module, x0, self.noise)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), 1.0)
+        self.optimizer.step()
+        return time.perf_counter() - t0
+
+
+def measure(cfg, tokenizer, batch, length, repeats, warmup, compile_=False) -> dict:
+    cfg = ddlm.apply_overrides(cfg, [f"model.max_len={length}"])
+    steps = {name: Step(ddlm.apply_overrides(cfg, [f"process.name={name}"]), tokenizer, compile_)
+             for name in ("mdlm", "ar")}
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, tokenizer.vocab_size, (batch, length), generator=g)
+    first = {}
+    for name, step in steps.items():  # warm-up (with --compile the first call compiles)
+        first[name] = step(x0)
+        for _ in range(warmup - 1):
+            step(x0)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():  # alternate, so that the machine's load hits both alike
+            times[name].append(step(x0))
+    flops = step_flops(steps["mdlm"].backbone, batch, length)
+    out = {"batch": batch, "length": length, "params": steps["mdlm"].backbone.n_params(), "step_gflop": flops / 1e9}
+    for name in steps:
+        s = statistics.median(times[name])
+        out[name] = {"step_s": s, "tokens_per_s": batch * length / s, "gflops": flops / s / 1e9,
+                     "first_step_s": first[name]}
+    out["mdlm_over_ar"] = out["mdlm"]["tokens_per_s"] / out["ar"]["tokens_per_s"]
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="32x128,32x81", help="batch x length pairs, comma-separated")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--compile", action="store_true", help="also measure the steps under torch.compile")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
+    cfg = ddlm.apply_overrides(ddlm.load_preset("small"), [
+        f"model.n_layers={args.layers}", f"model.d_model={args.width}", "model.dropout=0.0"])
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    peak = matmul_gflops()
+    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+              "model": f"{args.layers} layers x {args.width}", "matmul_2048_gflops": peak, "shapes": []}
+    for b, l in shapes:
+        r = measure(cfg, tok, b, l, args.repeats, args.warmup)
+        r["fraction_of_matmul_peak"] = r["mdlm"]["gflops"] / peak
+        if args.compile:
+            c = measure(cfg, tok, b, l, args.repeats, args.warmup, compile_=True)
+            r["compiled"] = {k: c[k] for k in ("mdlm", "ar", "mdlm_over_ar")}
+            r["compile_speedup_mdlm"] = r["mdlm"]["step_s"] / c["mdlm"]["step_s"]
+            r["compile_speedup_ar"] = r["ar"]["step_s"] / c["ar"]["step_s"]
+        result["shapes"].append(r)
+    first = result["shapes"][0]  # the headline fields name the first shape
+    for k in ("mdlm_over_ar", "fraction_of_matmul_peak"):
+        result[k] = first[k]
+    result["matmul_2048_gflops_end"] = matmul_gflops()  # the peak again: how much the machine's load moved
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"machine: {result['machine']}; {result['model']}; median of {args.repeats} after {args.warmup} warm-up; "
+          f"2048^2 matmul {peak:.0f} GFLOP/s at start, {result['matmul_2048_gflops_end']:.0f} at end")
+    print(f"{'shape':10s} {'objective':12s} {'step s':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    for r in result["shapes"]:
+        rows = [("mdlm", r["mdlm"]), ("ar", r["ar"])]
+        if "compiled" in r:
+            rows += [("mdlm+compile", r["compiled"]["mdlm"]), ("ar+compile", r["compiled"]["ar"])]
+        for name, m in rows:
+            print(f"{r['batch']}x{r['length']:<7d} {name:12s} {m['step_s']:8.3f} {m['tokens_per_s']:9.0f} "
+                  f"{m['gflops']:8.1f} {m['gflops'] / peak:8.2f}")
+        line = f"{'':10s} mdlm_over_ar {r['mdlm_over_ar']:.3f}"
+        if "compiled" in r:
+            line += (f"; torch.compile speed-up mdlm {r['compile_speedup_mdlm']:.2f}x, ar {r['compile_speedup_ar']:.2f}x"
+                     f" (first compiled step {r['compiled']['mdlm']['first_step_s']:.0f} s)")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
