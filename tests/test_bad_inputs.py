@@ -61,6 +61,10 @@ def env(tmp_path_factory):
     (root / "truncated" / "model.safetensors").write_bytes(bytes(weights[: len(weights) // 2]))
     (root / "json" / "config.json").write_text("{not json")
     (root / "notok" / "tokenizer.json").unlink()
+    shutil.copytree(run, root / "edited")  # config.yaml edited to a model the checkpoint does not fit
+    text = (root / "edited" / "config.yaml").read_text()
+    assert "d_model: 16" in text
+    (root / "edited" / "config.yaml").write_text(text.replace("d_model: 16", "d_model: 32"))
     (root / "empty.txt").write_text("  \n")
     (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 300)
@@ -148,6 +152,11 @@ CASES = [
     ("resume-not-a-run", lambda r: ["train", "--resume", str(r / "notrun")], ["not a run directory"]),
     ("resume-missing", lambda r: ["train", "--resume", str(r / "nope")], ["not a run directory"]),
     ("resume-a-file", lambda r: ["train", "--resume", str(r / "short.txt")], ["not a run directory"]),
+    ("out-is-a-file", lambda r: _train(r)[:4] + [str(r / "short.txt")] + _train(r)[5:], ["is a file"]),
+    ("out-under-a-file", lambda r: _train(r)[:4] + [str(r / "short.txt" / "x")] + _train(r)[5:],
+     ["cannot create run directory"]),
+    ("resume-config-edited", lambda r: ["train", "--resume", str(r / "edited"), "--quiet"],
+     ["does not fit", "config.yaml", "size mismatch"]),
     ("out-not-empty", lambda r: ["train", "--preset", "tiny", "--out", str(r / "run"), "--quiet"],
      ["not empty", "--resume", "--overwrite"]),
     ("sample-not-a-model", lambda r: ["sample", str(r / "notrun")], ["not a ddlm model directory"]),

@@ -253,6 +253,34 @@ def test_huge_learning_rate_gives_one_line_and_exit_2(tmp_path, capsys):
     assert state is None or _all_finite(state["model"])
 
 
+@pytest.mark.parametrize("where", ["checkpoint", "model"])
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    import errno
+
+    from ddlm.pipeline import SequenceModel
+    from ddlm.train import checkpoint
+
+    trainer = _tiny_trainer(tmp_path / "run")
+    calls = []
+
+    def full(original):
+        def write(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 2:  # the first two checkpoints fit on the disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return original(*args, **kwargs)
+        return write
+
+    if where == "checkpoint":
+        monkeypatch.setattr(checkpoint, "_atomic_write", full(checkpoint._atomic_write))  # checkpoint + checksum
+    else:
+        monkeypatch.setattr(SequenceModel, "save_pretrained", full(SequenceModel.save_pretrained))
+    with pytest.raises(UserError) as e:
+        trainer.run()
+    assert "No space left on device" in str(e.value) and "--resume" in str(e.value) and "\n" not in str(e.value)
+    assert load_latest(tmp_path / "run")["step"] == (1 if where == "checkpoint" else 3)
+
+
 def test_resume_of_a_non_run_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         Trainer.resume(tmp_path)

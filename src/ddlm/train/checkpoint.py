@@ -50,8 +50,8 @@ def save_checkpoint(run_dir, state: dict, keep: int = 2) -> Path:
         _atomic_write(path, data)
         _atomic_write(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
     except OSError as e:
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; free disk space or choose another "
-                        "--out, then resume from the previous checkpoint") from None
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; free disk space, then "
+                        f"`ddlm train --resume {run_dir}` continues from the previous checkpoint") from None
     for old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)

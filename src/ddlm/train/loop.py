@@ -17,6 +17,7 @@ rows of an uninterrupted one (only the timing columns differ).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -104,6 +105,8 @@ class Trainer:
         if world > 1:
             from .distributed import check_batch
             check_batch(cfg.train.batch_size, cfg.train.grad_accum, world)
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{self.out} is a file, not a run directory; choose another --out")
         not_empty = not _resuming and self.out.exists() and any(self.out.iterdir())
         barrier()  # every rank has looked at the run directory before rank 0 clears or writes it
         if not_empty:
@@ -112,6 +115,12 @@ class Trainer:
                                 "or --overwrite to start again")
             if rank == 0:
                 shutil.rmtree(self.out)
+        if rank == 0:  # now, before minutes of data preparation, so a bad --out fails at once
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot create run directory {self.out}: {e.strerror}; choose another --out") \
+                    from None
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tokenizer = None
@@ -134,12 +143,12 @@ class Trainer:
         self.step = 0
         self._logger = None
         if rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(self.out)
-            # config.yaml last and atomically: its presence marks a run directory that `resume` can continue
-            tmp = self.out / "config.yaml.tmp"
-            cfg.save(tmp)
-            os.replace(tmp, self.out / "config.yaml")
+            with _disk_errors(self.out):
+                tokenizer.save(self.out)
+                # config.yaml last and atomically: its presence marks a run directory `resume` can continue
+                tmp = self.out / "config.yaml.tmp"
+                cfg.save(tmp)
+                os.replace(tmp, self.out / "config.yaml")
 
     # ---- resume ------------------------------------------------------------------------------------------
     @classmethod
@@ -173,13 +182,18 @@ class Trainer:
                 "log_rows": self._logger.rows if self._logger else 0}
 
     def load_state(self, state: dict) -> None:
-        self.backbone.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.noise.set_state(state["noise"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
+        try:
+            self.backbone.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.noise.set_state(state["noise"])
+            set_rng_state(state["rng"])
+            self.step = state["step"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # config.yaml edited to another model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
+            raise UserError(f"the checkpoint in {self.out}/checkpoints does not fit {self.out}/config.yaml "
+                            f"({first}); undo the edit of config.yaml, or start a new run") from None
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> SequenceModel:
@@ -261,7 +275,8 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.out, self.state())
-        self.export_model().save_pretrained(self.out / "model")
+        with _disk_errors(self.out):
+            self.export_model().save_pretrained(self.out / "model")
 
     def export_model(self) -> SequenceModel:
         """The model to sample from: a copy with the EMA weights when EMA is on."""
@@ -287,6 +302,16 @@ class Trainer:
         msg = f"step {self.step}: validation {metrics['nll']:.4f} nats/token, {metrics['bpc']:.4f} bpc"
         (bar.write if bar is not None else self.log)(msg)
         return metrics
+
+
+@contextlib.contextmanager
+def _disk_errors(run_dir: Path):
+    """A full disk or a permission problem while writing is the user's to fix: one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write into {run_dir}: {e.strerror or e}; free disk space or fix the permissions, "
+                        f"then `ddlm train --resume {run_dir}`") from None
 
 
 def _seed_everything(seed: int) -> None:
