@@ -1,11 +1,18 @@
-"""NFE and wall time of ancestral vs cached sampling (and the planned sampler), side by side.
+"""NFE and wall time of ancestral vs cached sampling, and of confidence-threshold parallel decoding, side by side.
 
-    python benchmarks/sampling.py [--model DIR] [--repeats 3] [--json]
+    python benchmarks/sampling.py [--model DIR] [--judge DIR|smollm2] [--repeats 3] [--json]
 
 Without --model, a randomly initialised model of the `quick` preset's shape is used: the network's cost
 does not depend on its weights, and the cache's savings depend only on how often tokens change, which for
 the ancestral sampler is set by the schedule, not the weights. Medians of --repeats runs after a warm-up,
 all in one process.
+
+Parallel decoding (batch 8 x 128): ancestral with T = 128 steps against the planned sampler committing every
+masked position whose top probability reaches a threshold (at least one per row, Fast-dLLM style), which
+stops as soon as nothing is masked, so its NFE adapts to the model's confidence; and fixed-k top_prob
+with fewer steps. Quality is the judge's NLL per judge token of the samples (--judge: an AR model directory
+or smollm2; only meaningful with a trained --model), with their unigram entropy (nats) beside it: a
+threshold that lowers NLL by repeating tokens shows up as lower entropy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ import ddlm  # noqa: E402
 from ddlm.data.tokenizers import CharTokenizer  # noqa: E402
 
 SHAPES = [(1, 128, 1024), (8, 128, 128)]  # (batch, length, steps)
+# (name, planner or None for ancestral, planner options, steps): steps is the most the loop may take
+PARALLEL = [("ancestral T=128", None, {}, 128), ("top_prob T=32", "top_prob", {}, 32),
+            ("top_prob T=16", "top_prob", {}, 16)] + [
+    (f"confidence >= {tau}", "confidence", {"threshold": tau}, 128) for tau in (0.99, 0.9, 0.7, 0.5)]
 
 
 def load(model_dir):
@@ -42,11 +53,41 @@ def run(model, n, length, steps, sampler, repeats, seed=0):
     return statistics.median(o.nfe for o in outs), statistics.median(o.seconds for o in outs)
 
 
+def parallel(model, judge, n, length, repeats, seed=0):
+    """Rows (name, NFE, seconds, judge NLL or None, entropy) for the PARALLEL decoders, medians of repeats."""
+    from ddlm.eval.gen_ppl import score_texts, unigram_entropy
+    from ddlm.sampling import options as sampling_options
+    from ddlm.sampling.planners import get_planner
+
+    rows = []
+    for name, planner, popts, steps in PARALLEL:
+        opts = sampling_options(model.family, "planned" if planner else "ancestral", planner or "random", steps, 1.0)
+        if planner:
+            opts["planner"] = get_planner(planner, **popts)
+
+        def draw(r, steps_=steps):
+            g = torch.Generator().manual_seed(seed + r)
+            return model.family.sample(model.backbone, model.process, n, length, **{**opts, "steps": steps_},
+                                       generator=g)
+
+        draw(0, min(steps, 8))  # warm-up
+        outs = [draw(r) for r in range(repeats)]
+        tokens = torch.cat([o.tokens for o in outs])  # (repeats * n, L)
+        nll = None
+        if judge is not None:
+            nll = score_texts([model.decode(row) for row in tokens], judge)["judge_nll"]
+        rows.append((name, statistics.median(o.nfe for o in outs), statistics.median(o.seconds for o in outs), nll,
+                     unigram_entropy(tokens)))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a trained model or run directory (default: random weights, quick shape)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--judge", help="quality of parallel decoding: an AR model directory or smollm2 (default: none)")
+    p.add_argument("--no-parallel", action="store_true", help="skip the parallel-decoding table")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -59,6 +100,15 @@ def main(argv=None):
         rows.append((f"{n} x {length} x {steps}", nfe_a, t_a, nfe_c, t_c, t_a / t_c))
         result[f"cached_speedup_b{n}"] = t_a / t_c
         result[f"b{n}"] = {"ancestral_nfe": nfe_a, "ancestral_s": t_a, "cached_nfe": nfe_c, "cached_s": t_c}
+    prows = []
+    if not args.no_parallel:
+        from ddlm.eval.gen_ppl import load_judge
+
+        judge = load_judge(args.judge) if args.judge else None
+        prows = parallel(model, judge, 8, min(128, model.cfg.model.max_len), args.repeats)
+        result["parallel"] = [{"decoder": name, "nfe": nfe, "seconds": sec, "judge_nll": nll, "entropy": ent}
+                              for name, nfe, sec, nll, ent in prows]
+        result["judge"] = judge.name if judge else None
     if args.json:
         print(json.dumps(result))
         return
@@ -68,6 +118,13 @@ def main(argv=None):
           f"{'time s':>8s} {'speed-up':>9s}")
     for shape, nfe_a, t_a, nfe_c, t_c, sp in rows:
         print(f"{shape:24s} {nfe_a:14.0f} {t_a:8.2f} {nfe_c:11.0f} {t_c:8.2f} {sp:8.1f}x")
+    if prows:
+        print(f"\nparallel decoding, batch 8 x {min(128, model.cfg.model.max_len)}; quality judged by "
+              f"{result['judge'] or 'nobody (pass --judge)'}")
+        print(f"{'decoder':20s} {'NFE':>6s} {'time s':>8s} {'judge NLL':>10s} {'entropy':>8s}")
+        for name, nfe, sec, nll, ent in prows:
+            q = f"{nll:10.3f}" if nll is not None else f"{'-':>10s}"
+            print(f"{name:20s} {nfe:6.0f} {sec:8.2f} {q} {ent:8.3f}")
 
 
 if __name__ == "__main__":
