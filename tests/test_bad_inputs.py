@@ -49,6 +49,10 @@ def env(tmp_path_factory):
     run = root / "run"
     status, _, err = _run(["train", "--preset", "tiny", "--out", str(run), "--quiet", *FAST])
     assert status == 0, err
+    status, _, err = _run(["train", "--preset", "sudoku-tiny", "--out", str(root / "sudoku"), "--quiet",
+                           "train.max_steps=1", "model.n_layers=1", "model.d_model=16", "train.batch_size=2"])
+    assert status == 0, err
+    (root / "bad.csv").write_text("puzzle,solution\n" + "." * 81 + "," + "1" * 81 + "\n123,456\n")
     model = run / "model"
     for name in ("fmt", "damaged", "truncated", "json", "notok"):
         shutil.copytree(model, root / name)
@@ -171,6 +175,12 @@ CASES = [
     ("sudoku-length", lambda r: ["sudoku", "solve", "123"], ["3 cells", "81"]),
     ("sudoku-characters", lambda r: ["sudoku", "solve", "x" * 81], ["'x'"]),
     ("sudoku-contradiction", lambda r: ["sudoku", "solve", "11" + "." * 79], ["contradict"]),
+    ("sudoku-csv-bad-line", lambda r: ["eval", str(r / "sudoku"), "--task", "sudoku", "--data", str(r / "bad.csv")],
+     ["bad.csv, line 3"]),
+    ("sudoku-csv-missing", lambda r: ["eval", str(r / "sudoku"), "--task", "sudoku", "--data", str(r / "no.csv")],
+     ["no.csv"]),
+    ("sudoku-unknown-planner", lambda r: ["sudoku", "solve", "." * 81, "--model", str(r / "sudoku"), "--planner",
+                                          "nope"], ["unknown planner 'nope'", "top_margin"]),
     ("sudoku-not-a-sudoku-model", lambda r: ["sudoku", "solve", "." * 81, "--model", str(r / "run")],
      ["not a Sudoku model"]),
 ]
