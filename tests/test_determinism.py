@@ -98,3 +98,16 @@ def test_training_seed_changes_the_initial_weights(runs):
     a, b, c = (load_file(str(root / k / "model" / "model.safetensors")) for k in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("ema", ["0.9", "0"])
+def test_validation_does_not_perturb_training(tmp_path, ema):
+    """Validating every step (own generator, RNG forked) leaves the training loss curve and weights unchanged."""
+    from safetensors.torch import load_file
+
+    often = _train(tmp_path / "often", 0, "train.eval_every=1", f"train.ema={ema}")
+    never = _train(tmp_path / "never", 0, "train.eval_every=0", f"train.ema={ema}")
+    assert [r for r in often if r["split"] == "train"] == [r for r in never if r["split"] == "train"]
+    assert len(often) > len(never)
+    a, b = (load_file(str(tmp_path / k / "model" / "model.safetensors")) for k in ("often", "never"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
