@@ -199,13 +199,10 @@ def test_overrides_may_follow_options(env):
     assert "seed: 5" in (env / "late" / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (lambda r: ["sample", str(r / "nope")], "does not exist"),
-    (lambda r: ["train", "--preset", "tiny", "--out", str(r / "sub"), "--data", str(r / "binary.bin")], "binary"),
-])
-def test_bad_input_through_a_real_process(env, argv, expected):
-    p = subprocess.run([sys.executable, "-m", "ddlm", *argv(env)], capture_output=True, text=True, timeout=120)
-    _assert_one_line(p.returncode, p.stderr, [expected])
+def test_bad_input_through_a_real_process(env):
+    argv = ["train", "--preset", "tiny", "--out", str(env / "sub"), "--data", str(env / "binary.bin")]
+    p = subprocess.run([sys.executable, "-m", "ddlm", *argv], capture_output=True, text=True, timeout=120)
+    _assert_one_line(p.returncode, p.stderr, ["binary"])
     assert p.stdout == ""
 
 
