@@ -175,3 +175,22 @@ def test_d3pm_absorbing_sampler_with_oracle_at_one_token_per_step_reproduces_the
     dof = int(keep.sum()) - 1
     crit = dof * (1 - 2 / (9 * dof) + 3.09 * math.sqrt(2 / (9 * dof))) ** 3
     assert stat < crit, (stat, crit)
+
+
+def test_every_family_samples_beyond_its_context(tmp_path):
+    """Sliding blocks need no MASK token: families without one (uniform noise) extend too."""
+    import ddlm
+
+    for name in ("d3pm-uniform", "rdm-multinomial", "mdlm"):
+        cfg = ddlm.apply_overrides(ddlm.load_preset("tiny"), [f"process.name={name}", "model.max_len=8",
+                                                              "train.max_steps=1", "process.steps=8"])
+        from ddlm.families import configure
+        model = ddlm.SequenceModel(configure(cfg), _char_tokenizer())
+        out = model.generate(n=2, length=20, steps=4, seed=0)
+        assert out.tokens.shape == (2, 20) and (out.tokens < model.tokenizer.vocab_size).all()
+
+
+def _char_tokenizer():
+    from ddlm.data.tokenizers import CharTokenizer
+
+    return CharTokenizer.from_text("abcdefgh ")

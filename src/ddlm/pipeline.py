@@ -103,8 +103,7 @@ class SequenceModel(torch.nn.Module):
                 else:
                     if self.cfg.model.positions == "grid":
                         raise UserError(f"a grid model generates exactly {context} tokens; got length {length}")
-                    out = sample_blockwise(window, n, length, context, stride or context // 2,
-                                           self.process.mask_id, fixed, fixed_mask)
+                    out = sample_blockwise(window, n, length, context, stride or context // 2, fixed, fixed_mask)
         finally:
             self.backbone.train(was_training)
         if decode:

@@ -13,7 +13,7 @@ from ..errors import UserError
 from .loop import SampleOutput
 
 
-def sample_blockwise(sample_window, n: int, length: int, context: int, stride: int, mask_id: int,
+def sample_blockwise(sample_window, n: int, length: int, context: int, stride: int,
                      fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None) -> SampleOutput:
     """sample_window(n, length, fixed, fixed_mask) -> SampleOutput samples one window of `context` tokens.
 
@@ -21,7 +21,7 @@ def sample_blockwise(sample_window, n: int, length: int, context: int, stride: i
     """
     if not 0 < stride <= context:
         raise UserError(f"block stride must be in 1..{context}, got {stride}")
-    x = torch.full((n, length), mask_id, dtype=torch.long)
+    x = torch.zeros((n, length), dtype=torch.long)  # placeholders: only positions in `given` are read
     given = torch.zeros((n, length), dtype=torch.bool)
     if fixed is not None:
         given = fixed_mask.expand(n, length).clone()
