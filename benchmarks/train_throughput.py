@@ -8,7 +8,7 @@ FLOPs analytically: 6 * (matmul weights) * tokens for forward + backward, plus a
 12 * B * L^2 * d per layer (causal attention is counted in full too: SDPA computes the whole square on CPU).
 `fraction_of_matmul_peak` divides it by a plain 2048^2 fp32 matmul measured in the same process, same threads.
 MDLM and AR steps alternate within each repeat so that a busy machine slows both alike; medians after a warm-up.
-With --compile the same steps run again with the backbone under torch.compile (its compile time reported apart).
+With --compile, steps with the backbone under torch.compile join the alternation (the first, compiling, step apart).
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ class Step:
 
 def measure(cfg, tokenizer, batch, length, repeats, warmup, matmul, compile_=False) -> dict:
     cfg = ddlm.apply_overrides(cfg, [f"model.max_len={length}"])
-    steps = {name: Step(ddlm.apply_overrides(cfg, [f"process.name={name}"]), tokenizer, compile_)
-             for name in ("mdlm", "ar")}
+    variants = [(name, name, False) for name in ("mdlm", "ar")]
+    if compile_:
+        variants += [(name + "+compile", name, True) for name in ("mdlm", "ar")]
+    steps = {key: Step(ddlm.apply_overrides(cfg, [f"process.name={name}"]), tokenizer, c)
+             for key, name, c in variants}
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, tokenizer.vocab_size, (batch, length), generator=g)
     first = {}
@@ -85,7 +88,7 @@ def measure(cfg, tokenizer, batch, length, repeats, warmup, matmul, compile_=Fal
             step(x0)
     times, peaks = {name: [] for name in steps}, []
     for _ in range(repeats):
-        for name, step in steps.items():  # alternate, so that the machine's load hits both alike
+        for name, step in steps.items():  # alternate, so that the machine's load hits all alike
             times[name].append(step(x0))
         peaks.append(matmul())  # the peak is measured between the steps, under the same load
     flops = step_flops(steps["mdlm"].backbone, batch, length)
@@ -96,6 +99,9 @@ def measure(cfg, tokenizer, batch, length, repeats, warmup, matmul, compile_=Fal
         out[name] = {"step_s": s, "tokens_per_s": batch * length / s, "gflops": flops / s / 1e9,
                      "first_step_s": first[name]}
     out["mdlm_over_ar"] = out["mdlm"]["tokens_per_s"] / out["ar"]["tokens_per_s"]
+    if compile_:
+        out["compile_speedup_mdlm"] = out["mdlm"]["step_s"] / out["mdlm+compile"]["step_s"]
+        out["compile_speedup_ar"] = out["ar"]["step_s"] / out["ar+compile"]["step_s"]
     out["fraction_of_matmul_peak"] = out["mdlm"]["gflops"] / out["matmul_2048_gflops"]
     return out
 
@@ -121,13 +127,7 @@ def main(argv=None):
     result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "model": f"{args.layers} layers x {args.width}", "shapes": []}
     for b, l in shapes:
-        r = measure(cfg, tok, b, l, args.repeats, args.warmup, matmul)
-        if args.compile:
-            c = measure(cfg, tok, b, l, args.repeats, args.warmup, matmul, compile_=True)
-            r["compiled"] = {k: c[k] for k in ("mdlm", "ar", "mdlm_over_ar", "matmul_2048_gflops")}
-            r["compile_speedup_mdlm"] = r["mdlm"]["step_s"] / c["mdlm"]["step_s"]
-            r["compile_speedup_ar"] = r["ar"]["step_s"] / c["ar"]["step_s"]
-        result["shapes"].append(r)
+        result["shapes"].append(measure(cfg, tok, b, l, args.repeats, args.warmup, matmul, args.compile))
     first = result["shapes"][0]  # the headline fields name the first shape
     for k in ("mdlm_over_ar", "fraction_of_matmul_peak", "matmul_2048_gflops"):
         result[k] = first[k]
@@ -139,17 +139,15 @@ def main(argv=None):
     print(f"{'shape':10s} {'objective':12s} {'step s':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
     for r in result["shapes"]:
         peak = r["matmul_2048_gflops"]
-        rows = [("mdlm", r["mdlm"]), ("ar", r["ar"])]
-        if "compiled" in r:
-            rows += [("mdlm+compile", r["compiled"]["mdlm"]), ("ar+compile", r["compiled"]["ar"])]
-        for name, m in rows:
-            pk = r["compiled"]["matmul_2048_gflops"] if name.endswith("compile") else peak
-            print(f"{r['batch']}x{r['length']:<7d} {name:12s} {m['step_s']:8.3f} {m['tokens_per_s']:9.0f} "
-                  f"{m['gflops']:8.1f} {m['gflops'] / pk:8.2f}")
+        for name in ("mdlm", "ar", "mdlm+compile", "ar+compile"):
+            if name in r:
+                m = r[name]
+                print(f"{r['batch']}x{r['length']:<7d} {name:12s} {m['step_s']:8.3f} {m['tokens_per_s']:9.0f} "
+                      f"{m['gflops']:8.1f} {m['gflops'] / peak:8.2f}")
         line = f"{'':10s} mdlm_over_ar {r['mdlm_over_ar']:.3f}; matmul peak {peak:.0f} GFLOP/s"
-        if "compiled" in r:
+        if "mdlm+compile" in r:
             line += (f"; torch.compile speed-up mdlm {r['compile_speedup_mdlm']:.2f}x, ar {r['compile_speedup_ar']:.2f}x"
-                     f" (first compiled step {r['compiled']['mdlm']['first_step_s']:.0f} s)")
+                     f" (first compiled step {r['mdlm+compile']['first_step_s']:.0f} s)")
         print(line)
 
 
