@@ -148,6 +148,8 @@ CASES = [
     ("override-grid", lambda r: _train(r, "model.positions=grid", "model.grid=[9]"), ["model.grid"]),
     ("override-val-fraction", lambda r: _train(r, "data.val_fraction=0.9"), ["data.val_fraction"]),
     ("resume-with-overrides", lambda r: ["train", "--resume", str(r / "run"), "train.lr=1"], ["--resume"]),
+    ("resume-with-max-steps", lambda r: ["train", "--resume", str(r / "run"), "--max-steps", "9"],
+     ["--max-steps", "config.yaml"]),
     # preset files
     ("preset-not-a-mapping", lambda r: ["train", "--preset", str(r / "list.yaml")], ["YAML mapping"]),
     ("preset-bad-yaml", lambda r: ["train", "--preset", str(r / "broken.yaml")], ["not valid YAML"]),

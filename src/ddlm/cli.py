@@ -83,9 +83,12 @@ def _train(args, env) -> int:
         from .train.distributed import threads_per_rank
         torch.set_num_threads(threads_per_rank(env))  # train.threads, if set, overrides this
     if args.resume:
-        if args.preset or args.overrides:
-            raise UserError("--resume continues a run with its saved config; do not combine it with --preset "
-                            "or overrides")
+        given = [f"--{f.replace('_', '-')}" for f in ("preset", "data", "process", "tokenizer", "out", "max_steps",
+                                                      "batch_size", "ckpt_every", "seed", "overwrite")
+                 if getattr(args, f) not in (None, False)]
+        if given or args.overrides:
+            raise UserError(f"--resume continues a run with its saved config; do not combine it with "
+                            f"{', '.join(given) or 'overrides'} (edit {args.resume}/config.yaml to change it)")
         trainer = Trainer.resume(args.resume, progress=not args.quiet, **ddp)
     else:
         cfg = load_preset(args.preset or "quick")
