@@ -7,7 +7,7 @@ does not depend on its weights, and the cache's savings depend only on how often
 the ancestral sampler is set by the schedule, not the weights. Medians of --repeats runs after a warm-up,
 all in one process.
 
-Parallel decoding (batch 8 x 128): ancestral with T = 128 steps against the planned sampler committing every
+Parallel decoding (batch 8 x 128, --parallel-batch): ancestral with T = 128 steps against the planned sampler committing every
 masked position whose top probability reaches a threshold (at least one per row, Fast-dLLM style), which
 stops as soon as nothing is masked, so its NFE adapts to the model's confidence; and fixed-k top_prob
 with fewer steps. Quality is the judge's NLL per judge token of the samples (--judge: an AR model directory
@@ -88,13 +88,16 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--judge", help="quality of parallel decoding: an AR model directory or smollm2 (default: none)")
     p.add_argument("--no-parallel", action="store_true", help="skip the parallel-decoding table")
+    p.add_argument("--parallel-only", action="store_true", help="only the parallel-decoding table")
+    p.add_argument("--parallel-batch", type=int, default=8, help="rows per parallel-decoding call (default 8; "
+                   "the slowest row sets a batch's NFE, so 1 shows each row's own)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.model)
     rows, result = [], {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    for n, length, steps in SHAPES:
+    for n, length, steps in [] if args.parallel_only else SHAPES:
         nfe_a, t_a = run(model, n, length, steps, "ancestral", args.repeats)
         nfe_c, t_c = run(model, n, length, steps, "cached", args.repeats)
         rows.append((f"{n} x {length} x {steps}", nfe_a, t_a, nfe_c, t_c, t_a / t_c))
@@ -105,10 +108,11 @@ def main(argv=None):
         from ddlm.eval.gen_ppl import load_judge
 
         judge = load_judge(args.judge) if args.judge else None
-        prows = parallel(model, judge, 8, min(128, model.cfg.model.max_len), args.repeats)
+        prows = parallel(model, judge, args.parallel_batch, min(128, model.cfg.model.max_len), args.repeats)
         result["parallel"] = [{"decoder": name, "nfe": nfe, "seconds": sec, "judge_nll": nll, "entropy": ent}
                               for name, nfe, sec, nll, ent in prows]
         result["judge"] = judge.name if judge else None
+        result["parallel_batch"] = args.parallel_batch
     if args.json:
         print(json.dumps(result))
         return
@@ -119,7 +123,8 @@ def main(argv=None):
     for shape, nfe_a, t_a, nfe_c, t_c, sp in rows:
         print(f"{shape:24s} {nfe_a:14.0f} {t_a:8.2f} {nfe_c:11.0f} {t_c:8.2f} {sp:8.1f}x")
     if prows:
-        print(f"\nparallel decoding, batch 8 x {min(128, model.cfg.model.max_len)}; quality judged by "
+        print(f"\nparallel decoding, batch {args.parallel_batch} x {min(128, model.cfg.model.max_len)}, "
+              f"{args.repeats} batches; quality judged by "
               f"{result['judge'] or 'nobody (pass --judge)'}")
         print(f"{'decoder':20s} {'NFE':>6s} {'time s':>8s} {'judge NLL':>10s} {'entropy':>8s}")
         for name, nfe, sec, nll, ent in prows:
