@@ -41,6 +41,7 @@ def _worker(rank: int, world: int, root: str) -> None:
     out = {}
     for name, overrides in (("ar", AR), ("mdlm", MDLM)):
         t = Trainer(_cfg(overrides), f"{root}/{name}", rank=rank, world=world, progress=False, overwrite=True)
+        out[name + "_init"] = _weights(t.backbone)
         t.run()
         out[name] = _weights(t.backbone)
         out[name + "_ema"] = t.ema.state_dict()
@@ -99,9 +100,8 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tmp_p
     single = _weights(t.backbone)
     for k, v in single.items():
         torch.testing.assert_close(r0["ar"][k], v, rtol=1e-5, atol=1e-6)
-    # and it trained: the weights are not the initial ones
-    t0 = Trainer(_cfg(AR + ["train.max_steps=1"]), tmp_path / "init", progress=False)
-    assert any(not torch.allclose(t0.backbone.state_dict()[k], single[k]) for k in single)
+    # and it trained: the weights moved from the initial ones by far more than the tolerance
+    assert max(float((r0["ar_init"][k] - single[k]).abs().max()) for k in single) > 1e-3
 
 
 def test_resume_through_the_cli_with_two_ranks_is_exact(two_ranks):
