@@ -1,7 +1,8 @@
 """Resumable training checkpoints, written atomically and verified by checksum.
 
 A checkpoint `checkpoints/step-000100.pt` holds everything needed to continue exactly: model, EMA,
-optimiser, step, RNG states and the config (the data position is the step: batches depend on (seed, step)).
+optimiser, step, RNG states, the config and the number of log.csv rows written so far (the data position is
+the step: batches depend on (seed, step)).
 It is written as `*.tmp`, flushed to disk, then renamed; its SHA-256 is stored in `step-000100.sha256`
 (written after the checkpoint). A checkpoint whose checksum is missing (the process was killed between the
 two renames: *incomplete*) or wrong (the file changed on disk: *damaged*) is skipped with a message, and the

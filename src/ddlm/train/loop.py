@@ -171,7 +171,9 @@ class Trainer:
             trainer.load_state(state)
             trainer.log(f"resuming {out} from step {trainer.step}")
         if trainer.rank == 0:
-            _CSVLog.truncate(out / "log.csv", state.get("log_rows", 0) if state else 0)
+            rows = state.get("log_rows") if state else 0  # None: a checkpoint from before log_rows; keep the log
+            if rows is not None:
+                _CSVLog.truncate(out / "log.csv", rows)
             remove_partial_writes(out)
         return trainer
 
@@ -217,7 +219,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 lr = set_lr(self.optimizer, self.step, cfg)
-                batch = self.batches.batch(self.step, self.rank, self.world)  # (B / world, L)
+                batch = self.batches.batch(self.step, 0, self.world)  # MUTANT
                 if self.world > 1:  # per-rank noise that a resume (which loads rank 0's state) reproduces
                     reseed_step(self.noise, cfg.seed, self.step, self.rank)
                 self.optimizer.zero_grad(set_to_none=True)
