@@ -219,7 +219,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 lr = set_lr(self.optimizer, self.step, cfg)
-                batch = self.batches.batch(self.step, 0, self.world)  # MUTANT
+                batch = self.batches.batch(self.step, self.rank, self.world)  # (B / world, L)
                 if self.world > 1:  # per-rank noise that a resume (which loads rank 0's state) reproduces
                     reseed_step(self.noise, cfg.seed, self.step, self.rank)
                 self.optimizer.zero_grad(set_to_none=True)
