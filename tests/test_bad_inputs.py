@@ -60,9 +60,9 @@ def env(tmp_path_factory):
     cfg["ddlm_format"] = 99
     (root / "fmt" / "config.json").write_text(json.dumps(cfg))
     weights = bytearray((root / "damaged" / "model.safetensors").read_bytes())
+    (root / "truncated" / "model.safetensors").write_bytes(bytes(weights[: len(weights) // 2]))
     weights[3] ^= 0xFF  # the header length: safetensors refuses the file
     (root / "damaged" / "model.safetensors").write_bytes(bytes(weights))
-    (root / "truncated" / "model.safetensors").write_bytes(bytes(weights[: len(weights) // 2]))
     (root / "json" / "config.json").write_text("{not json")
     (root / "notok" / "tokenizer.json").unlink()
     shutil.copytree(run, root / "edited")  # config.yaml edited to a model the checkpoint does not fit
@@ -152,7 +152,7 @@ CASES = [
      ["--max-steps", "config.yaml"]),
     # preset files
     ("preset-not-a-mapping", lambda r: ["train", "--preset", str(r / "list.yaml")], ["YAML mapping"]),
-    ("preset-bad-yaml", lambda r: ["train", "--preset", str(r / "broken.yaml")], ["not valid YAML"]),
+    ("preset-bad-yaml", lambda r: ["train", "--preset", str(r / "broken.yaml")], ["not valid YAML", "line 2"]),
     ("preset-not-utf8", lambda r: ["train", "--preset", str(r / "latin1.yaml")], ["UTF-8"]),
     # run and model directories
     ("resume-not-a-run", lambda r: ["train", "--resume", str(r / "notrun")], ["not a run directory"]),

@@ -253,7 +253,9 @@ def load_preset(name: str) -> RunConfig:
     try:
         d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"preset {name!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: {getattr(e, 'problem', '') or ''}" if mark else str(e).splitlines()[0]
+        raise UserError(f"preset {name!r} is not valid YAML ({where.strip()}); fix that line") from None
     if not isinstance(d, dict):
         raise UserError(f"preset {name!r} must be a YAML mapping of sections (model:, train:, ...), "
                         f"not a {type(d).__name__}")
