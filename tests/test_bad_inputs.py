@@ -256,3 +256,12 @@ def test_random_train_overrides_never_raise(env, overrides):
             "--data", str(env / "corpus.txt"), *overrides, *FAST]
     status, _, err = _run(argv)
     _assert_clean(status, err)
+
+
+@pytest.mark.parametrize("threshold", [0, 1.5, -1, float("nan"), "high"])
+def test_confidence_threshold_out_of_range_is_a_user_error(threshold):
+    from ddlm.errors import UserError
+    from ddlm.sampling.planners import get_planner
+
+    with pytest.raises(UserError, match="threshold"):
+        get_planner("confidence", threshold=threshold)
