@@ -81,6 +81,26 @@ def parallel(model, judge, n, length, repeats, seed=0):
     return rows
 
 
+def compiled(model, n, length, steps, repeats, seed=0):
+    """(eager s, compiled s, first compiled call s) of ancestral sampling, the two alternating; medians."""
+    from ddlm.sampling import options as sampling_options
+
+    opts = sampling_options(model.family, "ancestral", "random", steps, 1.0)
+    fast = torch.compile(model.backbone, dynamic=True)  # committed-row subsets change the batch size
+
+    def draw(backbone, r):
+        g = torch.Generator().manual_seed(seed + r)
+        return model.family.sample(backbone, model.process, n, length, **opts, generator=g).seconds
+
+    draw(model.backbone, 0)
+    first = draw(fast, 0)  # compiles
+    eager, comp = [], []
+    for r in range(repeats):
+        eager.append(draw(model.backbone, r))
+        comp.append(draw(fast, r))
+    return statistics.median(eager), statistics.median(comp), first
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a trained model or run directory (default: random weights, quick shape)")
@@ -89,6 +109,7 @@ def main(argv=None):
     p.add_argument("--judge", help="quality of parallel decoding: an AR model directory or smollm2 (default: none)")
     p.add_argument("--no-parallel", action="store_true", help="skip the parallel-decoding table")
     p.add_argument("--parallel-only", action="store_true", help="only the parallel-decoding table")
+    p.add_argument("--compile", action="store_true", help="also time ancestral 8 x 128 x 128 under torch.compile")
     p.add_argument("--parallel-batch", type=int, default=8, help="rows per parallel-decoding call (default 8; "
                    "the slowest row sets a batch's NFE, so 1 shows each row's own)")
     p.add_argument("--json", action="store_true")
@@ -113,6 +134,9 @@ def main(argv=None):
                               for name, nfe, sec, nll, ent in prows]
         result["judge"] = judge.name if judge else None
         result["parallel_batch"] = args.parallel_batch
+    if args.compile:
+        e, c, first = compiled(model, 8, min(128, model.cfg.model.max_len), 128, args.repeats)
+        result["compile"] = {"eager_s": e, "compiled_s": c, "first_compiled_s": first, "speedup": e / c}
     if args.json:
         print(json.dumps(result))
         return
@@ -130,6 +154,10 @@ def main(argv=None):
         for name, nfe, sec, nll, ent in prows:
             q = f"{nll:10.3f}" if nll is not None else f"{'-':>10s}"
             print(f"{name:20s} {nfe:6.0f} {sec:8.2f} {q} {ent:8.3f}")
+    if "compile" in result:
+        c = result["compile"]
+        print(f"\ntorch.compile, ancestral 8 x {min(128, model.cfg.model.max_len)} x 128: eager {c['eager_s']:.2f} s, "
+              f"compiled {c['compiled_s']:.2f} s ({c['speedup']:.2f}x; first compiled call {c['first_compiled_s']:.0f} s)")
 
 
 if __name__ == "__main__":
