@@ -211,7 +211,12 @@ def test_sigint_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # the signal was ignored: do not leave a 100000-step run behind
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith("ddlm train: error: interrupted at step ")
     assert f"--resume {run}" in err and "Traceback" not in err
