@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 
 import pytest
@@ -31,9 +32,21 @@ def _weights(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+class _SignalAt:
+    """Batches that send this process SIGTERM when asked for `step` (as torchrun does on Ctrl-C)."""
+
+    def __init__(self, batches, step):
+        self.batches, self.step = batches, step
+
+    def batch(self, step, rank=0, world=1):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.batches.batch(step, rank, world)
+
+
 def _worker(rank: int, world: int, root: str) -> None:
     from ddlm.cli import main
-    from ddlm.train.loop import Trainer
+    from ddlm.train.loop import Trainer, TrainingStopped
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -45,6 +58,16 @@ def _worker(rank: int, world: int, root: str) -> None:
         t.run()
         out[name] = _weights(t.backbone)
         out[name + "_ema"] = t.ema.state_dict()
+    # rank 1 alone is interrupted during step 3: both ranks stop after it, rank 0 checkpoints, both say so
+    t = Trainer(_cfg(AR + ["train.max_steps=50"]), f"{root}/stop", rank=rank, world=world, progress=False,
+                overwrite=True)
+    if rank == 1:
+        t.batches = _SignalAt(t.batches, step=2)
+    try:
+        t.run()
+        out["stopped"] = None
+    except TrainingStopped:
+        out["stopped"] = t.step
     torch.save(out, f"{root}/rank{rank}.pt")
     distributed.barrier()
     if rank == 0:  # forget the last checkpoint: the CLI resumes from step 3 with both ranks
@@ -102,6 +125,12 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tmp_p
         torch.testing.assert_close(r0["ar"][k], v, rtol=1e-5, atol=1e-6)
     # and it trained: the weights moved from the initial ones by far more than the tolerance
     assert max(float((r0["ar_init"][k] - single[k]).abs().max()) for k in single) > 1e-3
+
+
+def test_an_interrupt_on_one_rank_stops_all_ranks_after_the_same_step(two_ranks):
+    root, (r0, r1) = two_ranks
+    assert r0["stopped"] == r1["stopped"] == 3
+    assert _newest(root / "stop")["step"] == 3
 
 
 def test_resume_through_the_cli_with_two_ranks_is_exact(two_ranks):

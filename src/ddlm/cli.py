@@ -67,6 +67,11 @@ def cmd_train(args) -> int:
         code = _train(args, env)
         distributed.barrier()  # rank 0 has written its last checkpoint and validated before any rank leaves
         return code
+    except UserError as e:
+        from .train.loop import TrainingStopped
+        if env.rank != 0 and isinstance(e, TrainingStopped):
+            return 2  # every rank stops; rank 0 alone says so
+        raise
     finally:
         distributed.shutdown()
 

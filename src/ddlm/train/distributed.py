@@ -116,6 +116,15 @@ def mean_over_ranks(metrics: dict) -> dict:
     return {k: float(x) / dist.get_world_size() for k, x in zip(keys, v)}
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether any rank has `flag` set (one all-reduce): e.g. all ranks stop when one was interrupted."""
+    if not is_distributed():
+        return flag
+    v = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(v, op=dist.ReduceOp.MAX)
+    return bool(v.item())
+
+
 def no_sync(module, last: bool):
     """DDP's no_sync for all micro-batches but the last: one gradient all-reduce per optimiser step."""
     inner = getattr(module, "_orig_mod", module)  # torch.compile wraps the DDP module

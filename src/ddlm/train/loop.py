@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
-from .distributed import barrier, mean_over_ranks, no_sync, reseed_step
+from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step
 from .optim import EMA, make_optimizer, set_lr
 
 
@@ -203,12 +203,12 @@ class Trainer:
         objective = self.model.family.objective
         interrupted = []
         handlers = {}
-        if self.rank == 0:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    handlers[sig] = signal.signal(sig, lambda s, f: interrupted.append(s))
-                except ValueError:  # not the main thread
-                    pass
+        for sig in (signal.SIGINT, signal.SIGTERM):  # on every rank: torchrun passes a Ctrl-C on to each worker
+            try:
+                handlers[sig] = signal.signal(sig, lambda s, f: interrupted.append(s))
+            except ValueError:  # not the main thread
+                pass
+        stopped = False
         bar = None
         if self.progress and self.rank == 0:
             from tqdm import tqdm
@@ -260,13 +260,16 @@ class Trainer:
                         self._validate(logger, bar)
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                         self._checkpoint()
-                if interrupted:
+                # all ranks stop after the same step (one tiny all-reduce), or the others would wait forever
+                stopped = any_rank(bool(interrupted)) if self.world > 1 else bool(interrupted)
+                if stopped:
                     break
             if self.rank == 0:
                 self._checkpoint()
-                if interrupted:
-                    raise TrainingStopped(f"interrupted at step {self.step}; checkpoint written, continue with "
-                                          f"`ddlm train --resume {self.out}`")
+            if interrupted if self.world == 1 else stopped:
+                raise TrainingStopped(f"interrupted at step {self.step}; checkpoint written, continue with "
+                                      f"`ddlm train --resume {self.out}`")
+            if self.rank == 0:
                 self.final_metrics = self._validate(logger, bar)
         finally:
             if bar is not None:
