@@ -22,15 +22,13 @@ def default_model_dir() -> Path:
 
 def cmd_solve(args) -> int:
     from .data.sudoku import format_board, parse_board
-    from .eval.sudoku import evaluate_sudoku
+    from .eval.sudoku import evaluate_sudoku, one_thread_unless_asked
     from .pipeline import SequenceModel
 
-    import torch
-
     puzzle = parse_board(args.puzzle)  # one-line UserError for a bad string
-    # One puzzle is one 81-token row per step: too little work for threads, and on a busy machine their
-    # spin-waits cost 100x (measured: 23 s with 2 threads against 0.24 s with 1 on 2 shared cores).
-    torch.set_num_threads(1)
+    # one puzzle is one 81-token row per step: too little work for threads (23 s with 2 against 0.24 s with 1
+    # on 2 busy cores)
+    one_thread_unless_asked()
     model = SequenceModel.from_pretrained(args.model or default_model_dir())
     report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
