@@ -91,11 +91,9 @@ def test_oracle_scores_exactly(tmp_path):
     assert rep["cell_accuracy"] == pytest.approx(right / blanks.sum(), abs=1e-12)
     assert ((rep["boards"] == P) | (P == 0)).all()  # givens are never changed
     assert (rep["givens"] == (P != 0).sum(1)).all()
-    # One blank per step, cached rows: a row with m blanks is evaluated m times, plus once more after its
-    # last commit unless it is the batch's longest (then the loop ends).
-    m = blanks.sum(1)
-    evals = sum(np.minimum(m[i:i + 4] + 1, m[i:i + 4].max()).sum() for i in (0, 4))
-    assert rep["nfe"] == pytest.approx(evals / 5)
+    # One blank per step, cached rows: a row with m blanks is evaluated exactly m times (a finished row is
+    # never evaluated again).
+    assert rep["nfe"] == pytest.approx(blanks.sum() / 5)
 
 
 class _TrapBackbone(_OracleBackbone):
@@ -184,7 +182,7 @@ def test_train_preset_then_eval_cli(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)
     assert {"solve_rate", "cell_accuracy", "n", "nfe", "seconds", "planner"} <= m.keys() and m["n"] == 3
     blanks = (puzzles == 0).sum(1)
-    assert m["nfe"] == pytest.approx(np.minimum(blanks + 1, blanks.max()).sum() / 3)
+    assert m["nfe"] == pytest.approx(blanks.sum() / 3)  # one evaluation per blank
     assert 0.0 <= m["cell_accuracy"] <= 1.0 and m["planner"] == "random"
 
 

@@ -47,21 +47,28 @@ class Denoiser:
         self._x = self._logp = None
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self.cached or self._x is None:
-            rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        else:
-            rows = (x != self._x).any(-1)  # (B,) rows that changed since their last evaluation
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x_0 | x_t) (B, L, V). With caching, only rows that changed since their last evaluation and
+        are still `active` (B,) (have masked positions) are evaluated; the others keep their last output."""
+        rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        if self.cached:
+            if self._x is not None:
+                rows = (x != self._x).any(-1)  # (B,) rows that changed since their last evaluation
+            if active is not None:
+                rows &= active  # a finished row's output is never read again
             if not rows.any():
                 return self._logp
         idx = rows.nonzero()[:, 0]
         logp = self.process.log_probs(self.backbone(x[idx], t[idx]))  # (b, L, V)
         self.nfe += 1
         self.row_evals += len(idx)
-        if self._logp is None or len(idx) == x.shape[0]:
+        if len(idx) == x.shape[0]:
             self._logp = logp
         else:
-            self._logp = self._logp.clone()
+            if self._logp is None:
+                self._logp = logp.new_zeros((x.shape[0],) + logp.shape[1:])
+            else:
+                self._logp = self._logp.clone()
             self._logp[idx] = logp
         self._x = x.clone()
         return self._logp
@@ -106,7 +113,7 @@ def sample_masked(backbone, process, n: int, length: int, steps: int, *, rule: s
             break
         t = torch.full((n,), i / steps, device=device)
         s = torch.full((n,), (i - 1) / steps, device=device)
-        logp = denoise(x, t)  # (B, L, V)
+        logp = denoise(x, t, masked.any(-1))  # (B, L, V)
         if getattr(planner, "needs_candidates", False):  # e.g. RDM routing scores the proposed tokens
             tokens = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
             commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, tokens, generator) & masked
