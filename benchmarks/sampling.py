@@ -101,6 +101,20 @@ def compiled(model, n, length, steps, repeats, seed=0):
     return statistics.median(eager), statistics.median(comp), first
 
 
+BLOCK_LENGTHS = (256, 512, 1024, 2048)
+
+
+def blocks(model, repeats, steps=64, seed=0):
+    """Time per token of sliding-block generation beyond the context (cached sampler, `steps` per window)."""
+    model.generate(n=1, length=BLOCK_LENGTHS[0], steps=steps, sampler="cached", seed=seed, decode=False)  # warm-up
+    out = {}
+    for length in BLOCK_LENGTHS:
+        runs = [model.generate(n=1, length=length, steps=steps, sampler="cached", seed=seed + r, decode=False)
+                for r in range(repeats)]
+        out[length] = (statistics.median(o.seconds for o in runs) / length, statistics.median(o.nfe for o in runs))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a trained model or run directory (default: random weights, quick shape)")
@@ -112,6 +126,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time ancestral 8 x 128 x 128 under torch.compile")
     p.add_argument("--parallel-batch", type=int, default=8, help="rows per parallel-decoding call (default 8; "
                    "the slowest row sets a batch's NFE, so 1 shows each row's own)")
+    p.add_argument("--blocks", action="store_true", help="also time sliding-block generation at 256..2048 tokens")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -137,6 +152,10 @@ def main(argv=None):
     if args.compile:
         e, c, first = compiled(model, 8, min(128, model.cfg.model.max_len), 128, args.repeats)
         result["compile"] = {"eager_s": e, "compiled_s": c, "first_compiled_s": first, "speedup": e / c}
+    if args.blocks:
+        b = blocks(model, args.repeats)
+        result["blocks"] = {str(k): {"s_per_token": v[0], "nfe": v[1]} for k, v in b.items()}
+        result["time_per_token_ratio_2048_over_256"] = b[2048][0] / b[256][0]
     if args.json:
         print(json.dumps(result))
         return
@@ -154,6 +173,12 @@ def main(argv=None):
         for name, nfe, sec, nll, ent in prows:
             q = f"{nll:10.3f}" if nll is not None else f"{'-':>10s}"
             print(f"{name:20s} {nfe:6.0f} {sec:8.2f} {q} {ent:8.3f}")
+    if "blocks" in result:
+        print(f"\nsliding blocks (context {model.cfg.model.max_len}, stride half of it, cached, 64 steps a window; "
+              "the finished prefix is recomputed in each window: no KV cache yet)")
+        for k, v in result["blocks"].items():
+            print(f"{k:>6s} tokens: {1000 * v['s_per_token']:.2f} ms/token, NFE {v['nfe']:.0f}")
+        print(f"time_per_token_ratio_2048_over_256 = {result['time_per_token_ratio_2048_over_256']:.2f}")
     if "compile" in result:
         c = result["compile"]
         print(f"\ntorch.compile, ancestral 8 x {min(128, model.cfg.model.max_len)} x 128: eager {c['eager_s']:.2f} s, "
