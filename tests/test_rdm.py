@@ -15,16 +15,6 @@ from ddlm.sampling.rdm import sample_rdm
 from ddlm.toys import ToyDistribution
 
 
-def _chi_square(toy, samples):
-    counts = torch.bincount(toy.index(samples), minlength=len(toy.p)).double()
-    expected = toy.p * len(samples)
-    keep = expected >= 5
-    stat = (((counts - expected) ** 2) / expected)[keep].sum().item()
-    dof = int(keep.sum()) - 1
-    crit = dof * (1 - 2 / (9 * dof) + 3.09 * math.sqrt(2 / (9 * dof))) ** 3  # upper 0.1% point
-    return stat, crit
-
-
 @pytest.mark.parametrize("schedule", ["absorbing", "cosine"])
 def test_multinomial_route_has_the_uniform_d3pm_marginal(schedule):
     """x_t = b x_0 + (1 - b) u with b ~ Bernoulli(abar_t) is q(x_t | x_0) = x_0 Q_bar_t of D3PM-uniform."""
@@ -111,7 +101,7 @@ def test_stochastic_routing_with_oracle_reproduces_the_distribution(path):
     route = "stochastic" if path == "routing" else "planned"
     out = sample_rdm(toy.oracle(), proc, 6000, 3, steps=3, route=route, routing_temperature=1e6,
                      condition="none", generator=g)
-    stat, crit = _chi_square(toy, out.tokens)
+    stat, crit = toy.chi_square(out.tokens)
     assert stat < crit, (stat, crit)
     assert out.nfe == 3
 
@@ -123,7 +113,7 @@ def test_deterministic_routing_is_not_the_distribution():
     proc = RDMProcess(3, 10, "absorbing")
     out = sample_rdm(toy.oracle(), proc, 6000, 3, steps=3, route="deterministic", condition="none",
                      generator=torch.Generator().manual_seed(0))
-    stat, crit = _chi_square(toy, out.tokens)
+    stat, crit = toy.chi_square(out.tokens)
     assert stat > 3 * crit
 
 

@@ -32,6 +32,17 @@ class ToyDistribution:
     def sample(self, n: int, generator=None) -> torch.Tensor:
         return self.support[torch.multinomial(self.p, n, replacement=True, generator=generator)]
 
+    def chi_square(self, samples: torch.Tensor) -> tuple[float, float]:
+        """Pearson's statistic of samples (N, L) against p over the cells expected at least 5 times, and the
+        upper 0.1% point of its chi-square distribution (Wilson-Hilferty approximation): (stat, critical)."""
+        counts = torch.bincount(self.index(samples), minlength=len(self.p)).double()
+        expected = self.p * len(samples)
+        keep = expected >= 5
+        stat = (((counts - expected) ** 2) / expected)[keep].sum().item()
+        dof = int(keep.sum()) - 1
+        crit = dof * (1 - 2 / (9 * dof) + 3.09 * (2 / (9 * dof)) ** 0.5) ** 3
+        return stat, crit
+
     def posterior_marginals(self, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
         """p(x_0^l = v | x_t) for x_t (B, L) with MASK = mask_id: (B, L, V) float64."""
         known = xt != mask_id  # (B, L)
