@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from .categorical import sample_categorical
+from .planners import commit_counts
 
 
 @dataclass
@@ -142,7 +143,8 @@ def planned_rule(process, logp, masked, t, s, steps_left, planner, tokens, gener
         raise UserError("the planned sampler needs a planner (--planner)")
     if steps_left == 1:
         return masked  # the last step commits everything left (a threshold planner may lag behind)
-    k = torch.div(masked.sum(-1) + steps_left - 1, steps_left, rounding_mode="floor")  # (B,)
+    # the planners' online linear schedule, seen from now: step 0 of the steps_left still to come
+    k = commit_counts(masked.sum(-1), 0, steps_left)  # (B,) = ceil(n_masked / steps_left)
     return planner(logp, masked, k, candidates=tokens, generator=generator)
 
 
