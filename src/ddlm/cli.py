@@ -130,7 +130,11 @@ def cmd_sample(args) -> int:
                             f"{sampler!r}; add --sampler planned")
     out = model.generate(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler,
                          planner=args.planner, temperature=args.temperature, prompt=args.prompt, seed=args.seed,
-                         progress=not args.json)
+                         kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0, progress=not args.json)
+    context = model.cfg.model.max_len
+    if args.kv_cache and (args.length or context) <= context:
+        print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
+              f"{context}-token context, no finished prefix)", file=sys.stderr)
     if args.json:
         print(json.dumps({"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
                           "seconds": round(out.seconds, 4)}))
@@ -244,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    s.add_argument("--kv-cache", action="store_true", help="mdlm, --length beyond the context: in each sliding "
+                   "block after the first, run the finished prefix through the network once and reuse its keys/"
+                   "values for the block's later steps (faster, approximate; no effect within the context)")
+    s.add_argument("--kv-refresh", type=_positive_int, metavar="N", help="with --kv-cache: recompute the prefix "
+                   "keys/values every N network calls (default: only at each block's first step)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_sample)
 

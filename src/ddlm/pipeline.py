@@ -16,8 +16,8 @@ from .errors import UserError
 from .families import build_family
 from .models.hub import load_state, load_weights, save_state
 from .models.transformer import Transformer
-from .sampling.blockwise import sample_blockwise
-from .sampling.loop import SampleOutput
+from .sampling.blockwise import PrefixKVBackbone, check_kv_refresh, sample_blockwise
+from .sampling.loop import SampleOutput, sample_masked
 
 
 class SequenceModel(torch.nn.Module):
@@ -71,10 +71,17 @@ class SequenceModel(torch.nn.Module):
                  sampler: str | None = None, planner: str | None = None, temperature: float | None = None,
                  prompt: str | None = None, fixed: torch.Tensor | None = None,
                  fixed_mask: torch.Tensor | None = None, stride: int | None = None, seed: int | None = None,
-                 progress: bool = False, decode: bool = True) -> SampleOutput:
+                 kv_cache: bool = False, kv_refresh: int = 0, progress: bool = False,
+                 decode: bool = True) -> SampleOutput:
         """Sample n sequences. `prompt` fixes a text prefix; `fixed` (L,) or (n, L) tokens with `fixed_mask`
         fixes any positions (infilling). Lengths beyond the context are generated in sliding blocks
-        (`stride` new tokens per block, half the context by default)."""
+        (`stride` new tokens per block, half the context by default).
+
+        kv_cache (masked diffusion only): in each sliding block after the first, the finished prefix goes
+        through the network once (the block's first step) and its keys/values are reused by the later steps,
+        which run only the block's tokens (an approximation, see sampling.blockwise.PrefixKVBackbone);
+        `kv_refresh` N > 0 recomputes them every N network calls. No effect within the context (one window,
+        no finished prefix)."""
         from .sampling import options as sampling_options
 
         sc = self.cfg.sample
@@ -85,6 +92,7 @@ class SequenceModel(torch.nn.Module):
         generator = torch.Generator(device=self.device)
         generator.manual_seed(torch.seed() if seed is None else seed)
         fixed, fixed_mask = self._fixed_positions(length, prompt, fixed, fixed_mask)
+        self._check_kv_cache(kv_cache, kv_refresh)
         was_training = self.backbone.training
         self.backbone.eval()
         try:
@@ -94,8 +102,11 @@ class SequenceModel(torch.nn.Module):
                 out = self.family.sample(self.backbone, self.process, n, length, prompt=prompt_ids,
                                          generator=generator, progress=progress, **opts)
             else:
-                def window(n_, length_, fixed_, mask_):
-                    return self.family.sample(self.backbone, self.process, n_, length_, fixed=fixed_,
+                def window(n_, length_, fixed_, mask_, prefix=0):
+                    net = self.backbone
+                    if kv_cache and prefix:
+                        net = PrefixKVBackbone(self.backbone, prefix, n_, kv_refresh)
+                    return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
                                               fixed_mask=mask_, generator=generator, progress=progress, **opts)
                 context = self.cfg.model.max_len
                 if length <= context:
@@ -109,6 +120,18 @@ class SequenceModel(torch.nn.Module):
         if decode:
             out.texts = [self.decode(row) for row in out.tokens]
         return out
+
+    def _check_kv_cache(self, kv_cache, kv_refresh):
+        check_kv_refresh(kv_refresh)
+        if kv_refresh and not kv_cache:
+            raise UserError("kv_refresh only applies with the prefix KV cache; add kv_cache=True (--kv-cache)")
+        if not kv_cache:
+            return
+        if self.family.causal:
+            raise UserError("the ar family already samples with its own KV cache; drop kv_cache (--kv-cache)")
+        if self.family.sample is not sample_masked:
+            raise UserError(f"the prefix KV cache works with the masked-diffusion sampler (mdlm); the "
+                            f"{self.family.name} family samples with its own loop; drop kv_cache (--kv-cache)")
 
     def _fixed_positions(self, length, prompt, fixed, fixed_mask):
         if prompt:

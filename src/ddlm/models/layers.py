@@ -70,6 +70,9 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.bias)
 
     def attention(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+        """kv_cache: None, or a dict of keys/values (B, H, P, Dh) (after rotary) of P earlier positions; x's
+        positions follow them (offset P). An empty dict or one without "frozen" gets this call's keys/values
+        appended (the AR sampler); with "frozen": True the cache is read and left unchanged."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B,H,L,Dh)
         offset = 0
@@ -81,7 +84,8 @@ class Block(nn.Module):
             if "k" in kv_cache:
                 k = torch.cat([kv_cache["k"], k], dim=-2)
                 v = torch.cat([kv_cache["v"], v], dim=-2)
-            kv_cache["k"], kv_cache["v"] = k, v
+            if not kv_cache.get("frozen"):  # the AR sampler appends; a frozen prefix (blockwise) stays as it is
+                kv_cache["k"], kv_cache["v"] = k, v
         causal = self.causal and L > 1 and offset == 0
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)

@@ -79,7 +79,9 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, kv_caches: list | None = None,
                 offset: int = 0) -> torch.Tensor:
-        """x (B, L) long, t (B,) float in [0, 1] or None -> logits (B, L, n_states)."""
+        """x (B, L) long, t (B,) float in [0, 1] or None -> logits (B, L, n_states).
+
+        kv_caches: one dict per block (see Block.attention); x's positions start after the cached ones."""
         h = self.embed(x)  # (B, L, d)
         L = x.shape[1]
         if kv_caches is not None and "k" in kv_caches[0]:

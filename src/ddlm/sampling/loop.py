@@ -60,6 +60,8 @@ class Denoiser:
             if not rows.any():
                 return self._logp
         idx = rows.nonzero()[:, 0]
+        if hasattr(self.backbone, "select_rows"):  # a backbone with per-row state (blockwise prefix KV cache)
+            self.backbone.select_rows(idx)
         logp = self.process.log_probs(self.backbone(x[idx], t[idx]))  # (b, L, V)
         self.nfe += 1
         self.row_evals += len(idx)
