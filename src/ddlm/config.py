@@ -117,6 +117,8 @@ class TrainConfig:
     "torch CPU threads (0 = the machine's default)"
     compile: bool = False
     "wrap the backbone in torch.compile"
+    device: str = "auto"
+    "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps; under torchrun process r takes cuda:LOCAL_RANK"
 
 
 @dataclass(frozen=True)

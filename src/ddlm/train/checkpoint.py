@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .device import to_cpu
 
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
@@ -40,11 +41,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(run_dir, state: dict, keep: int = 2) -> Path:
-    """Write state (must contain 'step') and remove all but the newest `keep` checkpoints."""
+    """Write state (must contain 'step'), its tensors moved to the CPU, and remove all but the newest `keep`
+    checkpoints."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(to_cpu(state), buf)
     data = buf.getvalue()
     path = ckpt_dir / f"step-{state['step']:08d}.pt"
     try:
@@ -100,6 +102,8 @@ def load_latest(run_dir, log=print) -> dict | None:
             log(f"checkpoint {path} is {why}; trying an older one")
             continue
         try:
+            # on the CPU: load_state_dict copies into the weights where they are, and the optimiser moves
+            # its state to its parameters' device
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         except Exception as e:  # right checksum but unreadable: written by an incompatible torch/ddlm
             raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it was written by an "

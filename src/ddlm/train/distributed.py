@@ -3,10 +3,12 @@
     torchrun --nproc_per_node=2 -m ddlm train --preset quick --out runs/ddp
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in every process. `from_env` reads
-them (a plain `python -m ddlm train` has none and is rank 0 of 1), `init` starts the process group: gloo
-for CPU tensors, NCCL for CUDA tensors. The Trainer then shards each global batch by rows (rank r takes
-rows r::world), DDP averages the gradients (the mean over ranks of per-rank means is the global mean
-because every rank holds the same number of rows), and rank 0 alone writes the run directory.
+them (a plain `python -m ddlm train` has none and is rank 0 of 1), `init` starts the default process group
+(gloo: it carries the small CPU all-reduces of the metrics, the stop flag and the barriers). The Trainer then
+shards each global batch by rows (rank r takes rows r::world), DDP averages the gradients (the mean over
+ranks of per-rank means is the global mean because every rank holds the same number of rows), and rank 0
+alone writes the run directory. On CUDA (train.device, see device.py) rank r computes on cuda:LOCAL_RANK and
+DDP all-reduces the gradients over an NCCL group of all ranks (`group_for`); on the CPU over the gloo group.
 
 Randomness: every rank starts from the same seed, so the weights start equal (DDP also broadcasts rank 0's).
 The noise of the objective (t, masks) and dropout must differ between ranks, and must not depend on a
@@ -57,7 +59,8 @@ def from_env(environ=None, device: str = "cpu") -> DistEnv:
                         f"{[environ[k] for k in _ENV]}; let torchrun set them") from None
     if world < 1 or not 0 <= rank < world or not 0 <= local < max(local_world, 1):
         raise UserError(f"inconsistent torchrun variables RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}")
-    # NCCL moves only CUDA tensors; the Trainer keeps its tensors on the CPU, so gloo unless asked for cuda
+    # NCCL moves only CUDA tensors and the Trainer's metrics and stop flag are CPU tensors, so the default group
+    # is gloo unless asked for cuda; a CUDA run adds an NCCL group for its gradients (group_for)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     return DistEnv(rank, world, local, max(local_world, 1), backend)
 
@@ -80,6 +83,18 @@ def init(env: DistEnv, timeout_s: float = 1800.0) -> DistEnv:
     dist.init_process_group(env.backend, rank=env.rank, world_size=env.world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return env
+
+
+def group_for(backend: str):
+    """The process group for DDP's gradients with `backend`: None (the default group) when the default group
+    uses that backend for those tensors, else a new group of all ranks (every rank must call this, in step)."""
+    if not is_distributed():
+        return None
+    device_type = "cuda" if backend == "nccl" else "cpu"
+    config = dict(part.split(":", 1) for part in dist.get_backend_config().split(",") if ":" in part)
+    if config.get(device_type, dist.get_backend()) == backend:
+        return None
+    return dist.new_group(backend=backend)
 
 
 def threads_per_rank(env: DistEnv) -> int:
@@ -111,7 +126,7 @@ def mean_over_ranks(metrics: dict) -> dict:
     if not is_distributed() or not metrics:
         return metrics
     keys = sorted(metrics)
-    v = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    v = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(v)
     return {k: float(x) / dist.get_world_size() for k, x in zip(keys, v)}
 
@@ -120,9 +135,26 @@ def any_rank(flag: bool) -> bool:
     """Whether any rank has `flag` set (one all-reduce): e.g. all ranks stop when one was interrupted."""
     if not is_distributed():
         return flag
-    v = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    v = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
     dist.all_reduce(v, op=dist.ReduceOp.MAX)
     return bool(v.item())
+
+
+def same_on_all_ranks(value: int) -> bool:
+    """Whether every rank passes the same integer (one all-reduce of (value, -value) with MAX)."""
+    if not is_distributed():
+        return True
+    v = torch.tensor([value, -value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(v, op=dist.ReduceOp.MAX)
+    return int(v[0]) == -int(v[1])
+
+
+def _collective_device() -> torch.device:
+    """Where the small all-reduces put their tensors: the CPU, unless the default group is NCCL alone (which
+    moves only CUDA tensors: then this rank's current GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def no_sync(module, last: bool):

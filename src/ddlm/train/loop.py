@@ -13,6 +13,15 @@ RNG states and the number of log rows written so far. Work that is not training 
 validation) runs under `torch.random.fork_rng`, so it never moves the RNG that dropout uses. On resume,
 log.csv is cut back to the rows written before the checkpoint, so a killed-and-resumed run has exactly the
 rows of an uninterrupted one (only the timing columns differ).
+
+Devices (train.device, see device.py): the weights are initialised on the CPU (the same initial weights on
+every device), then the model, its EMA and each batch live on the training device. A checkpoint and the
+exported model hold CPU tensors, so any machine can resume or sample from them. In one CPU process the
+training noise is one generator stream whose state the checkpoint saves. On a GPU the objective draws its
+noise there (the objectives draw on the device of the batch, and a CPU generator cannot drive a CUDA draw),
+and the noise generator and the global RNG (dropout) are re-seeded at every step from (seed, step, rank), as
+with several processes, so a resume is exact without a GPU generator's state. A GPU run's numbers differ
+from a CPU run's in any case: the kernels round differently.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
-from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step
+from .device import backend_for, parse_device, resolve_device
+from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step, step_seed
 from .optim import EMA, make_optimizer, set_lr
 
 
@@ -68,6 +78,7 @@ def validate_config(cfg: RunConfig) -> None:
     _in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
     _in_range("train.weight_decay", t.weight_decay, 0.0, math.inf, hi_open=True)
     _in_range("train.grad_clip", t.grad_clip, 0.0, math.inf, hi_open=True)
+    parse_device(t.device)  # its form here; whether this machine has it, when the Trainer places the model
     m = cfg.model
     for name in ("n_layers", "d_model", "n_heads", "max_len"):
         if getattr(m, name) <= 0:
@@ -105,6 +116,7 @@ class Trainer:
         if world > 1:
             from .distributed import check_batch
             check_batch(cfg.train.batch_size, cfg.train.grad_accum, world)
+        self.device = _place(cfg.train.device, rank, world)
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"{self.out} is a file, not a run directory; choose another --out")
         not_empty = not _resuming and self.out.exists() and any(self.out.iterdir())
@@ -129,17 +141,23 @@ class Trainer:
             tokenizer = load_tokenizer(self.out)
         tokenizer, self.batches, self.val_blocks = prepare_data(cfg, tokenizer)
         _seed_everything(cfg.train.seed)
-        self.model = SequenceModel(cfg, tokenizer)
+        self.model = SequenceModel(cfg, tokenizer).to(self.device)  # initialised on the CPU, then moved
         self.backbone = self.model.backbone
         self.train_module = self.backbone
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            self.train_module = DistributedDataParallel(self.backbone)
+
+            from .distributed import group_for
+            gpu = [self.device.index] if self.device.type == "cuda" else None
+            self.train_module = DistributedDataParallel(self.backbone, device_ids=gpu,
+                                                        process_group=group_for(backend_for(self.device)))
         if cfg.train.compile:
             self.train_module = torch.compile(self.train_module)
         self.optimizer = make_optimizer(self.backbone, cfg.train)
         self.ema = EMA(self.backbone, cfg.train.ema) if cfg.train.ema > 0 else None
-        self.noise = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * rank)
+        self.noise = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1 + 7919 * rank)
+        # one saved stream on one CPU process; otherwise re-seeded from (seed, step, rank) at every step
+        self.reseed_each_step = world > 1 or self.device.type != "cpu"
         self.step = 0
         self._logger = None
         if rank == 0:
@@ -189,9 +207,14 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.ema and state["ema"] is not None:
                 self.ema.load_state_dict(state["ema"])
-            self.noise.set_state(state["noise"])
-            set_rng_state(state["rng"])
             self.step = state["step"]
+            if state["noise"].numel() == self.noise.get_state().numel():
+                self.noise.set_state(state["noise"])
+            elif not self.reseed_each_step:  # written by a run on another device: its generator does not fit
+                self.log("the checkpoint's training noise comes from a run on another device; the noise goes on "
+                         "from a seed of (seed, step), so this run will not equal one that never moved")
+                self.noise.manual_seed(step_seed(self.cfg.train.seed, self.step, self.rank))
+            set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # config.yaml edited to another model
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
             raise UserError(f"the checkpoint in {self.out}/checkpoints does not fit {self.out}/config.yaml "
@@ -219,8 +242,8 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 lr = set_lr(self.optimizer, self.step, cfg)
-                batch = self.batches.batch(self.step, self.rank, self.world)  # (B / world, L)
-                if self.world > 1:  # per-rank noise that a resume (which loads rank 0's state) reproduces
+                batch = self.batches.batch(self.step, self.rank, self.world).to(self.device)  # (B / world, L)
+                if self.reseed_each_step:  # noise of (seed, step, rank): a resume needs no generator state
                     reseed_step(self.noise, cfg.seed, self.step, self.rank)
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics = {}
@@ -279,21 +302,24 @@ class Trainer:
         return self.export_model()
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.out, self.state())
+        save_checkpoint(self.out, self.state())  # tensors on the CPU (save_checkpoint moves them)
         with _disk_errors(self.out):
-            self.export_model().save_pretrained(self.out / "model")
+            self.export_model("cpu").save_pretrained(self.out / "model")
 
-    def export_model(self) -> SequenceModel:
-        """The model to sample from: a copy with the EMA weights when EMA is on."""
-        if self.ema is None:
+    def export_model(self, device=None) -> SequenceModel:
+        """The model to sample from, on `device` (the training device by default): a copy with the EMA weights
+        when EMA is on, the training model itself when it is off and already there."""
+        device = self.device if device is None else torch.device(device)
+        if self.ema is None and device == self.device:
             return self.model
         with torch.random.fork_rng(devices=[]):  # building the copy draws init weights: keep the RNG unmoved
-            ema_model = SequenceModel(self.cfg, self.model.tokenizer)
-        ema_model.backbone.load_state_dict(self.ema.state_dict())
-        return ema_model.eval()
+            exported = SequenceModel(self.cfg, self.model.tokenizer).to(device)
+        exported.backbone.load_state_dict(self.ema.state_dict() if self.ema else self.backbone.state_dict())
+        return exported.eval()
 
     def _validate(self, logger, bar) -> dict:
-        with torch.random.fork_rng(devices=[]):  # validation must not move the training RNG
+        gpus = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):  # validation must not move the training RNG
             return self._validate_unforked(logger, bar)
 
     def _validate_unforked(self, logger, bar) -> dict:
@@ -317,6 +343,29 @@ def _disk_errors(run_dir: Path):
     except OSError as e:
         raise UserError(f"cannot write into {run_dir}: {e.strerror or e}; free disk space or fix the permissions, "
                         f"then `ddlm train --resume {run_dir}`") from None
+
+
+def _place(spec: str, rank: int, world: int) -> torch.device:
+    """This process's training device (cuda:LOCAL_RANK under torchrun); every rank must agree on its kind."""
+    local_rank, local_world = 0, 1
+    if world > 1:
+        from .distributed import from_env, same_on_all_ranks
+        env = from_env()
+        local_rank, local_world = (env.local_rank, env.local_world) if env.world == world else (rank, world)
+    try:
+        device, error = resolve_device(spec, local_rank, local_world), None
+    except UserError as e:
+        device, error = None, e
+    # a rank that fails or differs would leave the others waiting forever in DDP: all ranks stop together
+    kind = -1 if device is None else ["cpu", "cuda", "mps"].index(device.type)
+    if world > 1 and not same_on_all_ranks(kind) and error is None:
+        error = UserError(f"train.device={spec} gives different devices on different processes (this one: "
+                          f"{device}); set train.device=cpu or train.device=cuda")
+    if error is not None:
+        raise error
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the CUDA RNG use the current device
+    return device
 
 
 def _seed_everything(seed: int) -> None:

@@ -55,4 +55,6 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
+        """Copies of `state`'s tensors, each on the device of the weight it shadows (a checkpoint holds CPU ones)."""
+        old = self.shadow
+        self.shadow = {k: v.to(old[k].device if k in old else v.device, copy=True) for k, v in state.items()}
