@@ -1,5 +1,12 @@
-import pytest
-import torch
+import os
+
+# The suite is a CPU suite: bit-exact resume and the 2-process DDP tests assume CPU kernels and one device per
+# process. Hide any GPU from this process and from the `python -m ddlm` subprocesses the tests start, before
+# torch initialises CUDA (train.device defaults to "auto").
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

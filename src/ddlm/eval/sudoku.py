@@ -65,7 +65,7 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
     if steps is not None and steps <= 0:
         raise UserError(f"the number of steps must be positive, got {steps}")
     plan = _planner(planner, planner_options)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.device).manual_seed(seed)  # draws happen on the model's device
     device = model.device
     boards = np.zeros(puzzles.shape, np.int8)
     nfe = row_evals = 0
