@@ -13,6 +13,12 @@ stops as soon as nothing is masked, so its NFE adapts to the model's confidence;
 with fewer steps. Quality is the judge's NLL per judge token of the samples (--judge: an AR model directory
 or smollm2; only meaningful with a trained --model), with their unigram entropy (nats) beside it: a
 threshold that lowers NLL by repeating tokens shows up as lower entropy.
+
+Sliding blocks (--blocks): seconds per token of one row at 256, 512, 1024 and 2048 tokens, plain windows
+(every step runs the whole window) against the prefix KV cache (generate(kv_cache=True): the finished prefix
+runs once per window, the other steps only the new block), their ratio 2048/256 and the KV speed-up; then
+the cost of the approximation: the NLL per token of samples of both (--judge, else the model's own NELBO)
+with their unigram entropy.
 """
 
 from __future__ import annotations
@@ -104,14 +110,75 @@ def compiled(model, n, length, steps, repeats, seed=0):
 BLOCK_LENGTHS = (256, 512, 1024, 2048)
 
 
-def blocks(model, repeats, steps=64, seed=0):
-    """Time per token of sliding-block generation beyond the context (cached sampler, `steps` per window)."""
-    model.generate(n=1, length=BLOCK_LENGTHS[0], steps=steps, sampler="cached", seed=seed, decode=False)  # warm-up
+def block_variants(refresh=0):
+    """name -> generate() options: plain sliding windows, and with the prefix KV cache (refreshed every N calls)."""
+    v = {"plain": {}, "kv": {"kv_cache": True}}
+    if refresh:
+        v[f"kv_refresh{refresh}"] = {"kv_cache": True, "kv_refresh": refresh}
+    return v
+
+
+def blocks(model, repeats, steps=64, seed=0, refresh=0):
+    """Time per token of sliding-block generation beyond the context (one row, cached sampler, `steps` per
+    window), each variant of block_variants; the variants alternate within a repeat, so that a busy machine
+    slows them alike. {length: {variant: (median s/token, median NFE)}}."""
+    variants = block_variants(refresh)
+
+    def gen(length, r, **kw):
+        return model.generate(n=1, length=length, steps=steps, sampler="cached", seed=seed + r, decode=False, **kw)
+
+    for kw in variants.values():
+        gen(BLOCK_LENGTHS[0], 0, **kw)  # warm-up
     out = {}
     for length in BLOCK_LENGTHS:
-        runs = [model.generate(n=1, length=length, steps=steps, sampler="cached", seed=seed + r, decode=False)
-                for r in range(repeats)]
-        out[length] = (statistics.median(o.seconds for o in runs) / length, statistics.median(o.nfe for o in runs))
+        runs = {name: [] for name in variants}
+        for r in range(repeats):
+            for name, kw in variants.items():
+                runs[name].append(gen(length, r, **kw))
+        out[length] = {name: (statistics.median(o.seconds for o in rs) / length, statistics.median(o.nfe for o in rs))
+                       for name, rs in runs.items()}
+    return out
+
+
+def own_nll(model, tokens, passes=4, seed=0):
+    """(NELBO nats, tokens) per row of samples (N, L) under the model itself, cut into context-sized chunks (a
+    remainder is dropped), `passes` fresh t each (the same draws for every variant): an upper bound on its NLL."""
+    ctx = model.cfg.model.max_len
+    n_chunks = tokens.shape[1] // ctx
+    chunks = tokens[:, : n_chunks * ctx].reshape(-1, ctx).to(model.device)  # (N * n_chunks, ctx), row-major
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():
+        total = sum(model.family.objective.bound(model.backbone, chunks, generator=g).double().cpu()
+                    for _ in range(passes))  # (N * n_chunks,)
+    per_row = total.view(tokens.shape[0], n_chunks).sum(-1) / passes
+    return [(float(v), n_chunks * ctx) for v in per_row]
+
+
+def blocks_quality(model, judge, length=512, n=8, steps=64, seed=0, refresh=0):
+    """What the prefix cache's approximation costs. n samples of `length` tokens per variant, the same seed for
+    all (so their first window, which has no prefix, is the same); scored are the tokens after the first
+    window, under `judge` (NLL per judge token) or else the model's own NELBO. {variant: {nll, nll_se,
+    entropy}} and, for every variant but plain, the paired per-sample difference to plain with its error."""
+    from ddlm.eval.gen_ppl import unigram_entropy
+
+    ctx = model.cfg.model.max_len
+    per_sample = {}
+    out = {}
+    for name, kw in block_variants(refresh).items():
+        o = model.generate(n=n, length=length, steps=steps, sampler="cached", seed=seed, **kw)
+        if judge is not None:
+            scored = judge.nll([model.decode(row[ctx:]) for row in o.tokens])
+        else:
+            scored = own_nll(model, o.tokens[:, ctx:])
+        per_sample[name] = torch.tensor([a / b for a, b in scored], dtype=torch.float64)  # (n,) nats/token
+        out[name] = {"nll": sum(a for a, _ in scored) / sum(b for _, b in scored),
+                     "nll_se": float(per_sample[name].std() / n ** 0.5) if n > 1 else float("nan"),
+                     "entropy": unigram_entropy(o.tokens[:, ctx:])}
+    for name in out:
+        if name != "plain":
+            d = per_sample[name] - per_sample["plain"]
+            out[name]["nll_minus_plain"] = float(d.mean())
+            out[name]["nll_minus_plain_se"] = float(d.std() / n ** 0.5) if n > 1 else float("nan")
     return out
 
 
@@ -126,24 +193,34 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time ancestral 8 x 128 x 128 under torch.compile")
     p.add_argument("--parallel-batch", type=int, default=8, help="rows per parallel-decoding call (default 8; "
                    "the slowest row sets a batch's NFE, so 1 shows each row's own)")
-    p.add_argument("--blocks", action="store_true", help="also time sliding-block generation at 256..2048 tokens")
+    p.add_argument("--blocks", action="store_true", help="also time sliding-block generation at 256..2048 tokens, "
+                   "plain and with the prefix KV cache, and compare their samples' quality at --blocks-quality-length")
+    p.add_argument("--blocks-only", action="store_true", help="only the sliding-blocks tables (implies --blocks)")
+    p.add_argument("--blocks-steps", type=int, default=64, help="--blocks: denoising steps per window (default 64)")
+    p.add_argument("--blocks-refresh", type=int, default=0, help="--blocks: also the KV cache refreshed every N "
+                   "network calls (default 0: not timed)")
+    p.add_argument("--blocks-quality-length", type=int, default=512, help="--blocks: sample length of the quality "
+                   "check (default 512; 0 skips it)")
+    p.add_argument("--blocks-quality-n", type=int, default=16, help="--blocks: samples per variant (default 16)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.blocks_only:
+        args.blocks = args.no_parallel = True
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.model)
     rows, result = [], {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    for n, length, steps in [] if args.parallel_only else SHAPES:
+    for n, length, steps in [] if args.parallel_only or args.blocks_only else SHAPES:
         nfe_a, t_a = run(model, n, length, steps, "ancestral", args.repeats)
         nfe_c, t_c = run(model, n, length, steps, "cached", args.repeats)
         rows.append((f"{n} x {length} x {steps}", nfe_a, t_a, nfe_c, t_c, t_a / t_c))
         result[f"cached_speedup_b{n}"] = t_a / t_c
         result[f"b{n}"] = {"ancestral_nfe": nfe_a, "ancestral_s": t_a, "cached_nfe": nfe_c, "cached_s": t_c}
+    from ddlm.eval.gen_ppl import load_judge
+
+    judge = load_judge(args.judge) if args.judge else None
     prows = []
     if not args.no_parallel:
-        from ddlm.eval.gen_ppl import load_judge
-
-        judge = load_judge(args.judge) if args.judge else None
         prows = parallel(model, judge, args.parallel_batch, min(128, model.cfg.model.max_len), args.repeats)
         result["parallel"] = [{"decoder": name, "nfe": nfe, "seconds": sec, "judge_nll": nll, "entropy": ent}
                               for name, nfe, sec, nll, ent in prows]
@@ -153,16 +230,28 @@ def main(argv=None):
         e, c, first = compiled(model, 8, min(128, model.cfg.model.max_len), 128, args.repeats)
         result["compile"] = {"eager_s": e, "compiled_s": c, "first_compiled_s": first, "speedup": e / c}
     if args.blocks:
-        b = blocks(model, args.repeats)
-        result["blocks"] = {str(k): {"s_per_token": v[0], "nfe": v[1]} for k, v in b.items()}
-        result["time_per_token_ratio_2048_over_256"] = b[2048][0] / b[256][0]
+        b = blocks(model, args.repeats, args.blocks_steps, refresh=args.blocks_refresh)
+        result["blocks"] = {str(k): {**{f"{name}_s_per_token": sec for name, (sec, _) in v.items()},
+                                     **{f"{name}_nfe": nfe for name, (_, nfe) in v.items()},
+                                     "kv_speedup": v["plain"][0] / v["kv"][0]} for k, v in b.items()}
+        result["blocks_steps"] = args.blocks_steps
+        result["time_per_token_ratio_2048_over_256"] = b[2048]["kv"][0] / b[256]["kv"][0]  # with the KV cache
+        result["time_per_token_ratio_2048_over_256_plain"] = b[2048]["plain"][0] / b[256]["plain"][0]
+        if args.blocks_quality_length:
+            q = blocks_quality(model, judge, args.blocks_quality_length, args.blocks_quality_n, args.blocks_steps,
+                               refresh=args.blocks_refresh)
+            result["blocks_quality"] = {"length": args.blocks_quality_length, "n": args.blocks_quality_n,
+                                        "scored_from": model.cfg.model.max_len,
+                                        "scorer": judge.name if judge else "the model's own NELBO (upper bound)",
+                                        **q}
     if args.json:
         print(json.dumps(result))
         return
     print(f"machine: {result['machine']}; model {model.backbone.n_params() / 1e6:.2f}M parameters; "
           f"median of {args.repeats}")
-    print(f"{'batch x length x steps':24s} {'ancestral NFE':>14s} {'time s':>8s} {'cached NFE':>11s} "
-          f"{'time s':>8s} {'speed-up':>9s}")
+    if rows:
+        print(f"{'batch x length x steps':24s} {'ancestral NFE':>14s} {'time s':>8s} {'cached NFE':>11s} "
+              f"{'time s':>8s} {'speed-up':>9s}")
     for shape, nfe_a, t_a, nfe_c, t_c, sp in rows:
         print(f"{shape:24s} {nfe_a:14.0f} {t_a:8.2f} {nfe_c:11.0f} {t_c:8.2f} {sp:8.1f}x")
     if prows:
@@ -174,11 +263,26 @@ def main(argv=None):
             q = f"{nll:10.3f}" if nll is not None else f"{'-':>10s}"
             print(f"{name:20s} {nfe:6.0f} {sec:8.2f} {q} {ent:8.3f}")
     if "blocks" in result:
-        print(f"\nsliding blocks (context {model.cfg.model.max_len}, stride half of it, cached, 64 steps a window; "
-              "the finished prefix is recomputed in each window: no KV cache yet)")
+        names = list(block_variants(args.blocks_refresh))
+        print(f"\nsliding blocks, 1 row (context {model.cfg.model.max_len}, stride half of it, cached sampler, "
+              f"{args.blocks_steps} steps a window); kv = the finished prefix through the network once per window")
+        print(f"{'tokens':>6s} " + " ".join(f"{n + ' ms/tok':>17s} {'NFE':>5s}" for n in names)
+              + f" {'kv speed-up':>12s}")
         for k, v in result["blocks"].items():
-            print(f"{k:>6s} tokens: {1000 * v['s_per_token']:.2f} ms/token, NFE {v['nfe']:.0f}")
-        print(f"time_per_token_ratio_2048_over_256 = {result['time_per_token_ratio_2048_over_256']:.2f}")
+            print(f"{k:>6s} " + " ".join(f"{1000 * v[n + '_s_per_token']:17.3f} {v[n + '_nfe']:5.0f}" for n in names)
+                  + f" {v['kv_speedup']:11.2f}x")
+        print(f"time_per_token_ratio_2048_over_256: kv {result['time_per_token_ratio_2048_over_256']:.2f}, "
+              f"plain {result['time_per_token_ratio_2048_over_256_plain']:.2f}")
+        if "blocks_quality" in result:
+            q = result["blocks_quality"]
+            print(f"quality of {q['n']} samples x {q['length']} tokens (same seed; tokens {q['scored_from']}.. "
+                  f"scored, after the first window), NLL per token by {q['scorer']}:")
+            for n in names:
+                diff = ""
+                if "nll_minus_plain" in q[n]:
+                    diff = f"  paired - plain {q[n]['nll_minus_plain']:+.4f} +- {q[n]['nll_minus_plain_se']:.4f}"
+                print(f"  {n:16s} NLL {q[n]['nll']:.4f} +- {q[n]['nll_se']:.4f}{diff}  "
+                      f"unigram entropy {q[n]['entropy']:.4f} nats")
     if "compile" in result:
         c = result["compile"]
         print(f"\ntorch.compile, ancestral 8 x {min(128, model.cfg.model.max_len)} x 128: eager {c['eager_s']:.2f} s, "
