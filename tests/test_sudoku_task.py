@@ -184,6 +184,17 @@ def test_train_preset_then_eval_cli(tmp_path, capsys):
     blanks = (puzzles == 0).sum(1)
     assert m["nfe"] == pytest.approx(blanks.sum() / 3)  # one evaluation per blank
     assert 0.0 <= m["cell_accuracy"] <= 1.0 and m["planner"] == "random"
+    # --tries: boards that break a rule (4 training steps: nearly all) are solved again, and that costs NFE
+    assert main(["eval", str(run), "--task", "sudoku", "--data", str(path), "--json", "--tries", "3"]) == 0
+    m3 = json.loads(capsys.readouterr().out)
+    assert m3["tries"] == 3 and m3["solved"] >= 0
+    failed_first = 3 - json.loads(_eval_json(run, path, capsys))["solved"]
+    assert failed_first == 0 or m3["nfe"] > blanks.sum() / 3
+
+
+def _eval_json(run, path, capsys):
+    assert main(["eval", str(run), "--task", "sudoku", "--data", str(path), "--json"]) == 0
+    return capsys.readouterr().out
 
 
 # ---- user mistakes: one line, exit status 2 -----------------------------------------------------------------

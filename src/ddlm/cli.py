@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--planner", help="task sudoku: decoding order (random, top_prob, top_margin, entropy, ...)")
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
     e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
+    e.add_argument("--tries", type=_positive_int, default=1, help="task sudoku: solve a board that breaks a rule "
+                   "again with a Gumbel-perturbed order, up to N tries in all (default 1; every try counts in NFE)")
     e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
                    "with the samples' unigram entropy")
     e.add_argument("--judge", default="smollm2", help="--gen-ppl judge: smollm2 (optional extra: pip install "

@@ -179,14 +179,16 @@ def cmd_eval_sudoku(model, args) -> int:
     _planner(planner, None)  # an unknown planner fails before the CSV is read
     puzzles, solutions = load_csv(args.data, limit=args.limit)
     report = evaluate_sudoku(model, puzzles, solutions, planner=planner, steps=args.steps,
-                             seed=getattr(args, "seed", 0) or 0, progress=not args.json)
+                             seed=getattr(args, "seed", 0) or 0, tries=getattr(args, "tries", 1) or 1,
+                             progress=not args.json)
     metrics = public_metrics(report)
     metrics.update(planner=planner, data=str(args.data))
+    tries = f", {metrics['tries']} tries" if metrics["tries"] > 1 else ""
     if args.json:
         print(json.dumps(metrics))
     else:
         print(f"sudoku {args.data} ({metrics['n']} puzzles, planner {planner}): solved {metrics['solved']}/"
-              f"{metrics['n']} = {100 * metrics['solve_rate']:.2f}%, cell accuracy on blanks "
+              f"{metrics['n']} = {100 * metrics['solve_rate']:.2f}%{tries}, cell accuracy on blanks "
               f"{100 * metrics['cell_accuracy']:.2f}%, {metrics['nfe']:.1f} NFE per puzzle, "
               f"{metrics['seconds']:.2f} s ({1000 * metrics['seconds_per_puzzle']:.1f} ms per puzzle)")
     return 0
