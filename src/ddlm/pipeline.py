@@ -20,6 +20,9 @@ from .sampling.blockwise import PrefixKVBackbone, check_kv_refresh, sample_block
 from .sampling.loop import SampleOutput, sample_masked
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in dynamo's "eager" to skip C++ builds
+
+
 class SequenceModel(torch.nn.Module):
     """A trained (or fresh) ddlm model: `backbone(x_t, t) -> logits`, `family`, `tokenizer`, `cfg`."""
 
@@ -71,7 +74,7 @@ class SequenceModel(torch.nn.Module):
                  sampler: str | None = None, planner: str | None = None, temperature: float | None = None,
                  prompt: str | None = None, fixed: torch.Tensor | None = None,
                  fixed_mask: torch.Tensor | None = None, stride: int | None = None, seed: int | None = None,
-                 kv_cache: bool = False, kv_refresh: int = 0, progress: bool = False,
+                 kv_cache: bool = False, kv_refresh: int = 0, compile: bool = False, progress: bool = False,
                  decode: bool = True) -> SampleOutput:
         """Sample n sequences. `prompt` fixes a text prefix; `fixed` (L,) or (n, L) tokens with `fixed_mask`
         fixes any positions (infilling). Lengths beyond the context are generated in sliding blocks
@@ -81,7 +84,11 @@ class SequenceModel(torch.nn.Module):
         through the network once (the block's first step) and its keys/values are reused by the later steps,
         which run only the block's tokens (an approximation, see sampling.blockwise.PrefixKVBackbone);
         `kv_refresh` N > 0 recomputes them every N network calls. No effect within the context (one window,
-        no finished prefix)."""
+        no finished prefix).
+
+        compile: run the backbone under torch.compile (compiled once per model and kept; the first call pays
+        the compilation, tens of seconds on a CPU). It paid 1.14x for ancestral sampling at 8 x 128 x 128 on a
+        2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by default."""
         from .sampling import options as sampling_options
 
         sc = self.cfg.sample
@@ -95,17 +102,18 @@ class SequenceModel(torch.nn.Module):
         self._check_kv_cache(kv_cache, kv_refresh)
         was_training = self.backbone.training
         self.backbone.eval()
+        backbone = self._compiled_backbone() if compile else self.backbone
         try:
             opts = sampling_options(self.family, sampler, planner or sc.planner, steps, temperature)
             if self.family.causal:
                 prompt_ids = None if fixed is None else fixed[0, : int(fixed_mask[0].sum())]
-                out = self.family.sample(self.backbone, self.process, n, length, prompt=prompt_ids,
+                out = self.family.sample(backbone, self.process, n, length, prompt=prompt_ids,
                                          generator=generator, progress=progress, **opts)
             else:
                 def window(n_, length_, fixed_, mask_, prefix=0):
-                    net = self.backbone
+                    net = backbone
                     if kv_cache and prefix:
-                        net = PrefixKVBackbone(self.backbone, prefix, n_, kv_refresh)
+                        net = PrefixKVBackbone(backbone, prefix, n_, kv_refresh)
                     return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
                                               fixed_mask=mask_, generator=generator, progress=progress, **opts)
                 context = self.cfg.model.max_len
@@ -120,6 +128,15 @@ class SequenceModel(torch.nn.Module):
         if decode:
             out.texts = [self.decode(row) for row in out.tokens]
         return out
+
+    def _compiled_backbone(self):
+        """torch.compile of the backbone, built on first use and kept outside the module tree (so it never
+        enters state_dict or save_pretrained). dynamic=True: the row cache changes the batch size."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            compiled = torch.compile(self.backbone, dynamic=True, backend=COMPILE_BACKEND)
+            self.__dict__["_compiled"] = compiled
+        return compiled
 
     def _check_kv_cache(self, kv_cache, kv_refresh):
         check_kv_refresh(kv_refresh)
