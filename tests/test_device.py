@@ -332,3 +332,22 @@ def test_objectives_keep_every_tensor_on_the_batch_device(family):
     assert out["loss"].device.type == "meta"
     assert all(p.grad.device.type == "meta" for p in model.backbone.parameters() if p.grad is not None)
     assert model.family.objective.bound(model.backbone, x0, generator=None).device.type == "meta"
+
+
+def test_cli_device_option_for_sample_eval_and_sudoku(tmp_path, capsys):
+    """--device on the commands that load a model: cpu works, cuda without CUDA is one line naming --device."""
+    from ddlm import SequenceModel, apply_overrides, load_preset
+    from ddlm.cli import main
+    from ddlm.data.tokenizers import CharTokenizer
+
+    cfg = apply_overrides(load_preset("tiny"), ["model.max_len=16"])
+    SequenceModel(cfg, CharTokenizer("abcdefgh")).save_pretrained(tmp_path / "m")
+    assert main(["sample", str(tmp_path / "m"), "--device", "cpu", "--n", "1", "--steps", "2", "--json"]) == 0
+    capsys.readouterr()
+    for argv in (["sample", str(tmp_path / "m")], ["eval", str(tmp_path / "m")],
+                 ["sudoku", "solve", "0" * 81, "--model", str(tmp_path / "m")]):
+        assert main(argv + ["--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--device=cuda but torch sees no CUDA device; use --device=cpu" in err
+        assert main(argv + ["--device", "gpu"]) == 2
+        assert "--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'" in capsys.readouterr().err

@@ -119,7 +119,7 @@ def _train(args, env) -> int:
 def cmd_sample(args) -> int:
     from .pipeline import SequenceModel
 
-    model = SequenceModel.from_pretrained(args.model)
+    model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.planner is not None:
         from .sampling.planners import get_planner
 
@@ -153,7 +153,7 @@ def cmd_eval(args) -> int:
     from .pipeline import SequenceModel
     from .train.loop import prepare_data
 
-    model = SequenceModel.from_pretrained(args.model)
+    model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.task != "text":
         from .eval import TASKS
         return TASKS[args.task](model, args)
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="run the network under torch.compile: the first call "
                    "compiles (tens of seconds on a CPU), later ones ran 1.14x faster in benchmarks/sampling.py "
                    "--compile; pays only for long sampling jobs")
+    _add_device(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_sample)
 
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=_positive_int, default=8, help="--gen-ppl: number of samples (default 8)")
     e.add_argument("--length", type=_positive_int, help="--gen-ppl: tokens per sample (default: the context)")
     e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's)")
+    _add_device(e)
     e.set_defaults(func=cmd_eval)
 
     from .cli_sudoku import register as register_sudoku
@@ -290,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)
     return p
+
+
+def _add_device(parser) -> None:
+    parser.add_argument("--device", default="auto", help="where the model runs: auto (the GPU if torch sees one, "
+                        "else the CPU; default), cpu, cuda, cuda:N or mps")
+
+
+def _device(args):
+    from .train.device import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto") or "auto", name="--device")
 
 
 def main(argv=None) -> int:

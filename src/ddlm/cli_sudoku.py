@@ -29,7 +29,9 @@ def cmd_solve(args) -> int:
     # one puzzle is one 81-token row per step: too little work for threads (23 s with 2 against 0.24 s with 1
     # on 2 busy cores)
     one_thread_unless_asked()
-    model = SequenceModel.from_pretrained(args.model or default_model_dir())
+    from .cli import _device
+
+    model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
     report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     if args.json:
@@ -59,5 +61,8 @@ def register(sub) -> None:
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
     solve.add_argument("--tries", type=_positive_int, default=1,
                        help="solve again with a Gumbel-perturbed order while the board breaks a rule (default 1)")
+    from .cli import _add_device
+
+    _add_device(solve)
     solve.add_argument("--json", action="store_true", help="print one JSON object")
     solve.set_defaults(func=cmd_solve)

@@ -20,20 +20,21 @@ from ..errors import UserError
 FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
-def parse_device(spec) -> tuple[str, int | None]:
-    """('auto' | 'cpu' | 'cuda' | 'mps', GPU index or None) of a train.device value; UserError if malformed."""
+def parse_device(spec, name: str = "train.device") -> tuple[str, int | None]:
+    """('auto' | 'cpu' | 'cuda' | 'mps', GPU index or None) of a device value; UserError naming `name` if
+    malformed."""
     if isinstance(spec, str):
         kind, sep, index = spec.partition(":")
         if kind in ("auto", "cpu", "mps", "cuda") and not sep:
             return kind, None
         if kind == "cuda" and index.isascii() and index.isdigit():
             return kind, int(index)
-    raise UserError(f"train.device must be {FORMS}, got {spec!r}")
+    raise UserError(f"{name} must be {FORMS}, got {spec!r}")
 
 
-def resolve_device(spec: str, local_rank: int = 0, local_world: int = 1) -> torch.device:
+def resolve_device(spec: str, local_rank: int = 0, local_world: int = 1, name: str = "train.device") -> torch.device:
     """The device of process `local_rank` of the `local_world` processes on this machine; UserError if absent."""
-    kind, index = parse_device(spec)
+    kind, index = parse_device(spec, name)
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cpu":
@@ -41,25 +42,25 @@ def resolve_device(spec: str, local_rank: int = 0, local_world: int = 1) -> torc
     if kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise UserError(f"train.device={spec} but torch sees no MPS (Apple GPU) device; use train.device=cpu")
+            raise UserError(f"{name}={spec} but torch sees no MPS (Apple GPU) device; use {name}=cpu")
         if local_world > 1:
-            raise UserError("train.device=mps trains in one process; under torchrun use train.device=cpu or cuda")
+            raise UserError(f"{name}=mps trains in one process; under torchrun use {name}=cpu or cuda")
         return torch.device("mps")
     if not torch.cuda.is_available():
-        raise UserError(f"train.device={spec} but torch sees no CUDA device; use train.device=cpu or install a "
+        raise UserError(f"{name}={spec} but torch sees no CUDA device; use {name}=cpu or install a "
                         "CUDA build of torch")
     n = torch.cuda.device_count()
     if index is None:  # one GPU per process of this machine
         if local_rank >= n:
             raise UserError(f"torchrun started {local_world} processes on this machine but torch sees {n} CUDA "
-                            f"device(s); use --nproc_per_node={n}, or train.device=cpu")
+                            f"device(s); use --nproc_per_node={n}, or {name}=cpu")
         return torch.device("cuda", local_rank)
     if local_world > 1:
-        raise UserError(f"train.device={spec} would put all {local_world} processes of this machine on one GPU; "
-                        "use train.device=cuda (process r takes cuda:LOCAL_RANK)")
+        raise UserError(f"{name}={spec} would put all {local_world} processes of this machine on one GPU; "
+                        f"use {name}=cuda (process r takes cuda:LOCAL_RANK)")
     if index >= n:
-        raise UserError(f"train.device={spec} but torch sees {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); "
-                        "choose one of those or train.device=cuda")
+        raise UserError(f"{name}={spec} but torch sees {n} CUDA device(s) (cuda:0 to cuda:{n - 1}); "
+                        f"choose one of those or {name}=cuda")
     return torch.device("cuda", index)
 
 
