@@ -42,7 +42,7 @@ def stratified(puzzles, solutions, limit: int):
 
 
 def run(model, sets: dict, planners, limit: int | None, batch_size: int, progress: bool,
-        stratify: bool = False, tries: int = 1) -> list[dict]:
+        stratify: bool = False, tries: int = 1, retry: str = "symmetry") -> list[dict]:
     """One row per (planner, set): metrics plus solve counts per number of givens."""
     rows = []
     for set_name, path in sets.items():
@@ -52,7 +52,7 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
             puzzles, solutions = load_csv(path, limit=limit)
         for planner in planners:
             rep = evaluate_sudoku(model, puzzles, solutions, planner=planner, batch_size=batch_size,
-                                  tries=tries, progress=progress)
+                                  tries=tries, retry=retry, progress=progress)
             by_givens = {}
             for g in np.unique(rep["givens"]):
                 sel = rep["givens"] == g
@@ -119,8 +119,10 @@ def main(argv=None) -> int:
     p.add_argument("--stratify", action="store_true", help="take the N puzzles evenly over the numbers of givens "
                    "(representative only of a set uniform over them, such as RRN's 1,000 per count 17..34)")
     p.add_argument("--planners", default=",".join(PLANNERS), help=f"comma-separated (default {','.join(PLANNERS)})")
-    p.add_argument("--tries", type=int, default=1, help="re-solve boards that break a rule with a Gumbel-perturbed "
-                   "order, up to N tries in all (default 1)")
+    p.add_argument("--tries", type=int, default=1, help="re-solve boards that break a rule, up to N tries in all "
+                   "(default 1)")
+    p.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
+                   help="how a try differs: a random Sudoku symmetry of the puzzle (default) or Gumbel-perturbed scores")
     p.add_argument("--batch-size", type=int, default=200, help="puzzles per batch")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--plot", default="runs/sudoku-benchmark.png", help="PNG of solve rate against givens")
@@ -137,15 +139,17 @@ def main(argv=None) -> int:
         model = SequenceModel.from_pretrained(args.model)
         start = time.perf_counter()
         rows = run(model, sets, [s for s in args.planners.split(",") if s], args.limit or None, args.batch_size,
-                   progress=not args.json, stratify=args.stratify, tries=args.tries)
+                   progress=not args.json, stratify=args.stratify, tries=args.tries,
+                   retry=args.retry)
         meta = {"model": str(args.model), "n_params": model.backbone.n_params(), "threads": args.threads,
-                "limit": args.limit, "stratify": args.stratify, "tries": args.tries,
+                "limit": args.limit, "stratify": args.stratify, "tries": args.tries, "retry": args.retry,
                 "seconds": time.perf_counter() - start}
         if args.json:
             print(json.dumps({**meta, "rows": rows}))
         else:
             print(f"model {args.model} ({meta['n_params'] / 1e6:.2f}M parameters), {args.threads} thread(s), "
-                  f"greedy tokens, one cell per step, {args.tries} tr{'y' if args.tries == 1 else 'ies'}\n")
+                  f"greedy tokens, one cell per step, {args.tries} tr{'y' if args.tries == 1 else 'ies'}"
+                  f"{'' if args.tries == 1 else ' (retry: ' + args.retry + ')'}\n")
             print_tables(rows)
         msg = plot(rows, Path(args.plot)) if args.plot else None
         if msg:

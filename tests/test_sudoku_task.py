@@ -121,10 +121,68 @@ def test_tries_recover_from_a_bad_order():
     one = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin")
     assert one["solved"] == 0 and one["boards"][0, d] != grid[d] and (one["boards"][0, c] == grid[c])
     # perturbed retries put c before d half of the time; a dozen tries fail with probability 2^-12 (seeded)
-    many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12)
+    many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12, retry="gumbel")
     assert many["solved"] == 1 and many["nfe"] > one["nfe"]
     with pytest.raises(UserError, match="tries"):
         evaluate_sudoku(model, puzzle[None], planner="top_margin", tries=0)
+    with pytest.raises(UserError, match="unknown retry 'nope'; choose one of symmetry, gumbel"):
+        evaluate_sudoku(model, puzzle[None], planner="top_margin", tries=2, retry="nope")
+
+
+class _SolverTrapBackbone(torch.nn.Module):
+    """An exact solver as a denoiser (the unique completion of the board it is shown, with certainty), except that
+    while the top-left cell is blank it is sure of a wrong digit there, more sure than of anything else."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t=None):
+        from ddlm.data.sudoku_generate import solve
+
+        out = torch.zeros(x.shape[0], 81, 10)
+        for b, row in enumerate(from_tokens(x.numpy())):
+            found = solve(row, limit=1)
+            if found:
+                out[b, torch.arange(81), torch.as_tensor(found[0], dtype=torch.long) - 1] = 30.0
+            if row[0] == 0:
+                right = int(found[0][0]) - 1 if found else 0
+                out[b, 0] = 0.0
+                out[b, 0, (right + 1) % 9] = 60.0
+        return out + 0 * self.w
+
+
+def test_symmetry_retries_see_the_puzzle_from_elsewhere():
+    (puzzle,), (grid,) = _puzzles(1, 36, 8)
+    if puzzle[0] != 0:  # make the top-left cell a blank: the trap fires on the puzzle as given
+        puzzle = puzzle.copy()
+        puzzle[0] = 0
+    model = _oracle_model(grid)
+    model.backbone = _SolverTrapBackbone()
+    one = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin")
+    assert one["solved"] == 0 and one["boards"][0, 0] != grid[0]
+    # a random symmetry puts a given in the top-left corner with probability 35/81: 12 tries fail with
+    # probability (46/81)^11 < 0.2% (seeded); the board is mapped back, so it is the original puzzle's solution
+    many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12, retry="symmetry")
+    assert many["solved"] == 1 and (many["boards"][0] == grid).all() and many["retry"] == "symmetry"
+    assert many["nfe"] > one["nfe"]
+
+
+def test_symmetries_keep_puzzles_and_grids_valid_and_undo_exactly():
+    from ddlm.data.sudoku_generate import apply_symmetries, random_symmetries, solve, undo_symmetries
+
+    puzzles, grids = _puzzles(6, 30, 9)
+    cells, digits = random_symmetries(6, np.random.default_rng(0))
+    tp, tg = apply_symmetries(puzzles, cells, digits), apply_symmetries(grids, cells, digits)
+    assert is_valid_grid(tg).all() and is_solution(tg, tp).all()
+    assert ((tp != 0).sum(1) == 30).all() and (tg != grids).any(1).all()
+    for p, g in zip(tp, tg):  # still a unique solution, the transformed one
+        (only,) = solve(p, limit=2)
+        assert (only == g).all()
+    assert (undo_symmetries(tg, cells, digits) == grids).all()
+    assert (undo_symmetries(tp, cells, digits) == puzzles).all()  # blanks stay blanks both ways
+    again = random_symmetries(6, np.random.default_rng(0))
+    assert (again[0] == cells).all() and (again[1] == digits).all()  # seeded
 
 
 def test_score_boards_counts_only_valid_grids_keeping_givens():

@@ -275,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
     e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
     e.add_argument("--tries", type=_positive_int, default=1, help="task sudoku: solve a board that breaks a rule "
-                   "again with a Gumbel-perturbed order, up to N tries in all (default 1; every try counts in NFE)")
+                   "again, up to N tries in all (default 1; every try counts in NFE)")
+    e.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
+                   help="task sudoku, --tries: solve the puzzle again under a random Sudoku symmetry (default) or "
+                   "with the planner's scores perturbed by 0.1 x Gumbel noise")
     e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
                    "with the samples' unigram entropy")
     e.add_argument("--judge", default="smollm2", help="--gen-ppl judge: smollm2 (optional extra: pip install "

@@ -32,7 +32,8 @@ def cmd_solve(args) -> int:
     from .cli import _device
 
     model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
-    report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries)
+    report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries,
+                             retry=args.retry)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     if args.json:
         print(json.dumps({"puzzle": format_board(puzzle, pretty=False), "board": format_board(board, pretty=False),
@@ -60,7 +61,10 @@ def register(sub) -> None:
                        help="decoding order: random, top_prob, top_margin (default), entropy, confidence")
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
     solve.add_argument("--tries", type=_positive_int, default=1,
-                       help="solve again with a Gumbel-perturbed order while the board breaks a rule (default 1)")
+                       help="solve again while the board breaks a rule, up to N tries in all (default 1)")
+    solve.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
+                       help="how a try differs: the puzzle under a random Sudoku symmetry (default), or the "
+                       "planner's scores perturbed by 0.1 x Gumbel noise")
     from .cli import _add_device
 
     _add_device(solve)

@@ -195,6 +195,39 @@ def _transform(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray
     return g.astype(np.int8)
 
 
+def random_symmetries(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n uniformly random Sudoku symmetries as (cells (n, 81) intp, digits (n, 10) int8): the transformed board
+    is `digits[b, board[b, cells[b]]]` (`apply_symmetries`); blanks (0) stay blank. Bands, rows within bands,
+    stacks, columns within stacks, a transposition and a relabelling of the digits: a valid grid stays valid and
+    a puzzle keeps its number of solutions."""
+    index = np.broadcast_to(np.arange(N_CELLS).reshape(1, 9, 9), (n, 9, 9))
+    rows, cols = _random_line_order(rng, n), _random_line_order(rng, n)
+    g = np.take_along_axis(index, rows[:, :, None], axis=1)
+    g = np.take_along_axis(g, cols[:, None, :], axis=2)
+    flip = rng.random(n) < 0.5
+    cells = np.where(flip[:, None, None], g.transpose(0, 2, 1), g).reshape(n, N_CELLS).astype(np.intp)
+    digits = np.concatenate([np.zeros((n, 1), np.int8), 1 + _random_permutations(rng, (n,), 9).astype(np.int8)],
+                            axis=1)
+    return cells, digits
+
+
+def apply_symmetries(boards: np.ndarray, cells: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """boards (n, 81) under the symmetries of `random_symmetries`. (n, 81) int8"""
+    moved = np.take_along_axis(np.asarray(boards), cells, axis=1).astype(np.intp)
+    return np.take_along_axis(digits, moved, axis=1).astype(np.int8)
+
+
+def undo_symmetries(boards: np.ndarray, cells: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    """The inverse of `apply_symmetries`: undo_symmetries(apply_symmetries(b, c, d), c, d) == b."""
+    inverse_digits = np.zeros_like(digits)
+    np.put_along_axis(inverse_digits, digits.astype(np.intp), np.arange(10, dtype=np.int8)[None].repeat(len(digits), 0),
+                      axis=1)
+    relabelled = np.take_along_axis(inverse_digits, np.asarray(boards).astype(np.intp), axis=1)
+    out = np.empty_like(relabelled)
+    np.put_along_axis(out, cells, relabelled, axis=1)
+    return out.astype(np.int8)
+
+
 def default_pool_size(n: int) -> int:
     """How many solver-drawn grids `random_grids` spreads over `n` outputs by default."""
     return min(n, 64 + n // 16)

@@ -116,38 +116,54 @@ def score_boards(boards, puzzles, solutions=None) -> dict:
     return out
 
 
+RETRIES = ("symmetry", "gumbel")
+
+
 def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", planner_options: dict | None = None,
                     steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
-                    tries: int = 1, retry_gumbel: float = 0.1, progress: bool = False) -> dict:
+                    tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1,
+                    progress: bool = False) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle), nfe_total, seconds,
-    seconds_per_puzzle, tries, givens (N,), solved_mask (N,), boards (N, 81)}.
+    seconds_per_puzzle, tries, retry, givens (N,), solved_mask (N,), boards (N, 81)}.
 
     tries > 1: a board that breaks a rule (checked against the givens alone, never the stored solution) is
-    solved again, up to `tries` times in all, with the planner's scores perturbed by `retry_gumbel` * Gumbel
-    noise (a different order each time; planners without a gumbel option just draw fresh randomness). The
-    cost of every try counts in the NFE.
+    solved again, up to `tries` times in all. retry="symmetry" solves the puzzle under a random Sudoku
+    symmetry (bands, rows, stacks, columns, transposition, digit relabelling) and maps the board back: the same
+    puzzle seen from elsewhere, so the model takes other decisions, with its planner unchanged.
+    retry="gumbel" perturbs the planner's scores by `retry_gumbel` * Gumbel noise instead (planners without a
+    gumbel option just draw fresh randomness). The cost of every try counts in the NFE.
     """
+    from ..data.sudoku_generate import apply_symmetries, random_symmetries, undo_symmetries
+
     if tries < 1:
         raise UserError(f"tries must be at least 1, got {tries}")
+    if retry not in RETRIES:
+        raise UserError(f"unknown retry {retry!r}; choose one of {', '.join(RETRIES)}")
     puzzles = np.asarray(puzzles)
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
                         temperature=temperature, batch_size=batch_size, seed=seed, progress=progress)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
-    retry = _planner(planner, planner_options)
-    if tries > 1 and "gumbel" in retry.options and retry_gumbel > 0:
-        retry = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
+    again_planner = _planner(planner, planner_options)
+    if retry == "gumbel" and "gumbel" in again_planner.options and retry_gumbel > 0:
+        again_planner = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
+    rng = np.random.default_rng(seed)
     for attempt in range(1, tries):
         todo = np.flatnonzero(~is_solution(boards, puzzles))
         if not len(todo):
             break
-        again = solve_puzzles(model, puzzles[todo], planner=retry, steps=steps, temperature=temperature,
+        todo_puzzles = puzzles[todo]
+        if retry == "symmetry":
+            cells, digits = random_symmetries(len(todo), rng)
+            todo_puzzles = apply_symmetries(todo_puzzles, cells, digits)
+        again = solve_puzzles(model, todo_puzzles, planner=again_planner, steps=steps, temperature=temperature,
                               batch_size=batch_size, seed=seed + attempt, progress=progress)
         boards = boards.copy()
-        boards[todo] = again["boards"]
+        boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
+                 retry=retry,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
 
@@ -180,10 +196,11 @@ def cmd_eval_sudoku(model, args) -> int:
     puzzles, solutions = load_csv(args.data, limit=args.limit)
     report = evaluate_sudoku(model, puzzles, solutions, planner=planner, steps=args.steps,
                              seed=getattr(args, "seed", 0) or 0, tries=getattr(args, "tries", 1) or 1,
+                             retry=getattr(args, "retry", "symmetry") or "symmetry",
                              progress=not args.json)
     metrics = public_metrics(report)
     metrics.update(planner=planner, data=str(args.data))
-    tries = f", {metrics['tries']} tries" if metrics["tries"] > 1 else ""
+    tries = f", {metrics['tries']} tries ({metrics['retry']})" if metrics["tries"] > 1 else ""
     if args.json:
         print(json.dumps(metrics))
     else:
