@@ -3,15 +3,13 @@ a different seed gives different ones."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 
 import pytest
 import torch
 
-from ddlm.cli import main
+from cli_harness import run_cli
 
 SMALL = ["model.max_len=16", "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "train.max_steps=6",
          "train.batch_size=4", "train.log_every=1", "train.eval_every=3", "train.eval_batches=1", "train.threads=1",
@@ -27,10 +25,9 @@ def _restore_torch_state():
 
 
 def _run(argv) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(argv) == 0
-    return out.getvalue()
+    status, out, err = run_cli(argv)
+    assert status == 0, err
+    return out
 
 
 def _train(out, seed, *extra):

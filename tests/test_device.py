@@ -5,7 +5,6 @@ of a GPU run (forced on the CPU here) resuming exactly from a checkpoint whose g
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
 import os
 import shutil
@@ -17,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ddlm.cli import main
+from cli_harness import run_cli as _run
 from ddlm.config import apply_overrides, load_preset
 from ddlm.errors import UserError
 from ddlm.train import distributed
@@ -43,14 +43,6 @@ def _gpus(monkeypatch, n: int) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
 
 
-def _run(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as e:
-            status = e.code
-    return status, out.getvalue(), err.getvalue()
 
 
 def _checkpoint(run, map_location="cpu") -> dict:

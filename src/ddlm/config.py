@@ -110,7 +110,7 @@ class TrainConfig:
     ckpt_every: int = 250
     "write a resumable checkpoint every N steps (and at the end)"
     log_every: int = 10
-    "log training metrics every N steps"
+    "log training metrics every N steps (0 = only at the end)"
     seed: int = 0
     "seed for initialisation, data order and noise"
     threads: int = 0

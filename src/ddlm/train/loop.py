@@ -269,13 +269,13 @@ class Trainer:
                     self.ema.update(self.backbone)
                 self.step += 1
                 tokens += batch.numel() * self.world
-                if self.world > 1 and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                if self.world > 1 and (self._log_step(cfg) or self.step == cfg.max_steps):
                     metrics = mean_over_ranks(metrics)  # every rank joins; rank 0 logs the global batch's loss
                 if self.rank == 0:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.1e}")
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    if self._log_step(cfg) or self.step == cfg.max_steps:
                         elapsed = time.perf_counter() - t0
                         logger.write(step=self.step, split="train", **metrics, lr=lr, grad_norm=float(grad_norm),
                                      tokens_per_s=tokens / max(elapsed, 1e-9), elapsed_s=elapsed)
@@ -316,6 +316,10 @@ class Trainer:
             exported = SequenceModel(self.cfg, self.model.tokenizer).to(device)
         exported.backbone.load_state_dict(self.ema.state_dict() if self.ema else self.backbone.state_dict())
         return exported.eval()
+
+    def _log_step(self, cfg) -> bool:
+        """A training row is logged every train.log_every steps (0: only the last step's)."""
+        return bool(cfg.log_every) and self.step % cfg.log_every == 0
 
     def _validate(self, logger, bar) -> dict:
         gpus = [self.device.index] if self.device.type == "cuda" else []
