@@ -81,3 +81,19 @@ def test_prompt_errors(tiny_run):
         model.generate(length=16, prompt="x" * 20)
     with pytest.raises(ddlm.UserError, match="not in the vocabulary"):
         model.generate(length=16, prompt="€")
+
+
+def test_evaluation_encodes_only_the_validation_text(tiny_run, monkeypatch):
+    """ddlm.evaluate / ddlm eval read the validation blocks that training saw, without encoding the training text."""
+    from ddlm.data import packing
+    from ddlm.train.loop import prepare_data, validation_blocks
+
+    _, model = tiny_run
+    _, _, expected = prepare_data(model.cfg, model.tokenizer)
+    encoded = []
+    real = packing.encode_corpus
+    monkeypatch.setattr(packing, "encode_corpus", lambda tok, text: encoded.append(len(text)) or real(tok, text))
+    val = validation_blocks(model.cfg, model.tokenizer)
+    assert torch.equal(val, expected) and len(encoded) == 1  # one text encoded: the validation part
+    m = ddlm.evaluate(model, max_blocks=2)
+    assert m["n_tokens"] == 2 * model.cfg.model.max_len and len(encoded) == 2

@@ -25,11 +25,9 @@ def evaluate(model: SequenceModel, data: str | None = None, **options) -> dict:
     """Likelihood on the validation split of `data` (default: the model's corpus): nll (nats/token), bpc, ppl,
     n_tokens, ci95. Options go to `ddlm.eval.elbo.evaluate_nll` (t_samples, max_blocks, batch_size, seed)."""
     from .eval.elbo import evaluate_nll
-    from .train.loop import prepare_data
+    from .train.loop import validation_blocks
 
-    cfg = model.cfg if data is None else apply_overrides(model.cfg, [f"data.source={data}"])
-    _, _, val = prepare_data(cfg, model.tokenizer)
-    return evaluate_nll(model, val, **options)
+    return evaluate_nll(model, validation_blocks(model.cfg, model.tokenizer, data), **options)
 
 
 __all__ = ["RunConfig", "ModelConfig", "ProcessConfig", "DataConfig", "TrainConfig", "SampleConfig",

@@ -151,7 +151,7 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .eval.elbo import evaluate_nll
     from .pipeline import SequenceModel
-    from .train.loop import prepare_data
+    from .train.loop import validation_blocks
 
     model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.task != "text":
@@ -159,20 +159,16 @@ def cmd_eval(args) -> int:
         return TASKS[args.task](model, args)
     if args.gen_ppl:
         return _eval_gen_ppl(model, args)
-    cfg = model.cfg
-    if args.data:
-        from .config import apply_overrides
-        cfg = apply_overrides(cfg, [f"data.source={args.data}"])
-    _, _, val = prepare_data(cfg, model.tokenizer)
+    val = validation_blocks(model.cfg, model.tokenizer, args.data or None)
     m = evaluate_nll(model, val, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
                      max_blocks=args.max_blocks, progress=not args.json)
     m["family"] = model.family.name
-    m["data"] = cfg.data.source
+    m["data"] = args.data or model.cfg.data.source
     if args.json:
         print(json.dumps(m))
     else:
         kind = "exact NLL" if m["exact"] else f"NELBO bound, {m['passes']} t-samples"
-        print(f"{model.family.name} on {cfg.data.source} validation ({m['n_tokens']} tokens, {kind}): "
+        print(f"{model.family.name} on {m['data']} validation ({m['n_tokens']} tokens, {kind}): "
               f"{m['nll']:.4f} ± {m['ci95']:.4f} nats/token, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
     return 0
 

@@ -6,8 +6,10 @@ from ..config import DataConfig
 from ..errors import UserError
 
 
-def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None):
-    """Load the corpus, split it, build (or reuse) the tokenizer and pack both parts into blocks."""
+def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = True):
+    """Load the corpus, split it, build (or reuse) the tokenizer and pack both parts into blocks.
+    train=False (evaluation, with the model's tokenizer): the training part is not encoded, and None is returned
+    in its place."""
     from .corpora import load_text, split_text
     from .packing import encode_corpus, pack_blocks
     from .tokenizers import build_tokenizer
@@ -20,6 +22,6 @@ def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None):
         # a character vocabulary must cover validation text too; BPE learns merges from training text only
         source = text if cfg.tokenizer == "char" else train_text
         tokenizer = build_tokenizer(cfg.tokenizer, source, cfg.vocab_size if cfg.tokenizer == "bpe" else None)
-    train = pack_blocks(encode_corpus(tokenizer, train_text), block_len)
+    blocks = pack_blocks(encode_corpus(tokenizer, train_text), block_len) if train else None
     val = pack_blocks(encode_corpus(tokenizer, val_text), block_len)
-    return tokenizer, train, val
+    return tokenizer, blocks, val

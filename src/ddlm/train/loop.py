@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, apply_overrides
 from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
@@ -103,6 +103,19 @@ def prepare_data(cfg: RunConfig, tokenizer=None):
         return SOURCES[cfg.data.source](cfg, tokenizer)
     tokenizer, train_blocks, val_blocks = prepare_text(cfg.data, cfg.model.max_len, tokenizer)
     return tokenizer, BlockBatches(train_blocks, cfg.train.batch_size, cfg.train.seed), val_blocks
+
+
+def validation_blocks(cfg: RunConfig, tokenizer, data: str | None = None) -> torch.Tensor:
+    """The validation blocks of `data` (default: the configured source) in `tokenizer`'s tokens, for evaluation:
+    the training part of a text corpus is split off but never encoded."""
+    from ..data.prepare import prepare_text
+    from ..data.sources import SOURCES
+
+    if data is not None:
+        cfg = apply_overrides(cfg, [f"data.source={data}"])
+    if cfg.data.source in SOURCES:
+        return SOURCES[cfg.data.source](cfg, tokenizer)[2]
+    return prepare_text(cfg.data, cfg.model.max_len, tokenizer, train=False)[2]
 
 
 class Trainer:
