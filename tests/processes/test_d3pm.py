@@ -225,3 +225,15 @@ def test_user_errors():
         UniformD3PM(4, 5).q_xt_given_x0(torch.zeros(1, 2, dtype=torch.long), 6)
     with pytest.raises(UserError):
         UniformD3PM(4, 5, schedule="linear", schedule_kwargs={"bogus": 1})
+
+
+def test_nearest_neighbour_exponential_through_eigendecomposition_matches_matrix_exp():
+    from ddlm.processes.d3pm import NearestNeighbourD3PM
+
+    torch.manual_seed(0)
+    p = NearestNeighbourD3PM(12, 4, schedule="linear", embedding=torch.randn(12, 3), k=3)
+    rates = torch.tensor([0.0, 1e-3, 0.5, 7.0, 300.0], dtype=torch.float64)
+    ref = torch.linalg.matrix_exp(rates[:, None, None] * p.R)
+    torch.testing.assert_close(p.expm(rates), ref, atol=1e-10, rtol=0)
+    assert (p.expm(rates) >= 0).all()
+    torch.testing.assert_close(p.expm(rates).sum(-1), torch.ones(5, 12, dtype=torch.float64))

@@ -366,7 +366,7 @@ class GaussianD3PM(_MatrixProcess):
 class NearestNeighbourD3PM(_MatrixProcess):
     """Nearest-neighbour D3PM (Austin et al. 2021, appendix A.2.4): tokens diffuse to their neighbours in an
     embedding space. A[i, j] = 1 if j is among the k nearest (Euclidean) neighbours of i; A <- (A + A^T) / (2k)
-    (symmetric, rows sum to at most 1); rate matrix R = A - diag(A 1); Q_t = exp(beta_t R) (torch.matrix_exp).
+    (symmetric, rows sum to at most 1); rate matrix R = A - diag(A 1); Q_t = exp(beta_t R) (through the eigendecomposition of R).
     R is symmetric with zero row sums, so every Q_t is doubly stochastic, and the Q_t commute:
     Q_bar_t = exp((beta_1 + ... + beta_t) R), computed that way rather than as a long product.
 
@@ -386,20 +386,30 @@ class NearestNeighbourD3PM(_MatrixProcess):
         self.k = min(k, vocab_size - 1)
         check(self.k >= 1, f"nearest_neighbour needs k >= 1, got {k}")
         self.R = knn_rate_matrix(torch.as_tensor(embedding), vocab_size, self.k)  # (V, V)
+        # R is symmetric: R = U diag(lam) U^T, so exp(b R) = U diag(exp(b lam)) U^T for every b at the cost of
+        # two matrix products, where matrix_exp pays a Pade approximation per b (the mutual-information schedule
+        # evaluates 50 bisection rounds x T of them)
+        self.R_eigenvalues, self.R_eigenvectors = torch.linalg.eigh(self.R)
         self._finish()
 
+    def expm(self, rates: torch.Tensor) -> torch.Tensor:
+        """exp(b R) for each b in `rates` (...,): (..., V, V), through the eigendecomposition of R."""
+        u = self.R_eigenvectors
+        scaled = u * torch.exp(torch.as_tensor(rates, dtype=DTYPE)[..., None, None] * self.R_eigenvalues)
+        return (scaled @ u.T).clamp_min(0.0)  # rounding leaves -1e-17 where exp(bR) is 0
+
     def matrix_for_beta(self, beta):
-        return torch.linalg.matrix_exp(torch.as_tensor(beta, dtype=DTYPE) * self.R)
+        return self.expm(beta)
 
     def _cumulate(self):
         total = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(self.betas, 0)])  # (T + 1,)
-        return torch.linalg.matrix_exp(total[:, None, None] * self.R)
+        return self.expm(total)
 
     def mutual_information_betas(self, steps, p0):
         # Q_bar_t depends only on the total rate B_t = sum beta: one bisection on log B_t for all t at once
         target = entropy(p0) * (1 - torch.arange(1, steps + 1, dtype=DTYPE) / steps)
         def info(log_total):
-            return mutual_information(torch.linalg.matrix_exp(log_total.exp()[:, None, None] * self.R), p0)
+            return mutual_information(self.expm(log_total.exp()), p0)
         total = bisect_decreasing(info, target, -20.0, 12.0, iters=50).exp()
         return torch.diff(total, prepend=torch.zeros(1, dtype=DTYPE)).clamp_min(0.0)
 
