@@ -58,7 +58,8 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
                 sel = rep["givens"] == g
                 by_givens[int(g)] = [int(rep["solved_mask"][sel].sum()), int(sel.sum())]
             rows.append({"set": set_name, "planner": planner, "n": rep["n"], "solved": rep["solved"],
-                         "solve_rate": rep["solve_rate"], "cell_accuracy": rep["cell_accuracy"],
+                         "solve_rate": rep["solve_rate"], "solve_rate_first_try": rep["solve_rate_first_try"],
+                         "cell_accuracy": rep["cell_accuracy"],
                          "nfe": rep["nfe"], "seconds": rep["seconds"],
                          "ms_per_puzzle": 1000 * rep["seconds_per_puzzle"], "by_givens": by_givens})
             if progress:
@@ -67,10 +68,12 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
 
 
 def print_tables(rows: list[dict]) -> None:
-    print(f"{'set':10s} {'planner':11s} {'n':>5s} {'solved':>7s} {'cell acc':>9s} {'NFE':>6s} {'ms/puzzle':>10s}")
+    print(f"{'set':10s} {'planner':11s} {'n':>5s} {'solved':>7s} {'1st try':>8s} {'cell acc':>9s} {'NFE':>6s} "
+          f"{'ms/puzzle':>10s}")
     for r in rows:
         print(f"{r['set']:10s} {r['planner']:11s} {r['n']:5d} {100 * r['solve_rate']:6.1f}% "
-              f"{100 * r['cell_accuracy']:8.2f}% {r['nfe']:6.1f} {r['ms_per_puzzle']:10.1f}")
+              f"{100 * r['solve_rate_first_try']:7.1f}% {100 * r['cell_accuracy']:8.2f}% {r['nfe']:6.1f} "
+              f"{r['ms_per_puzzle']:10.1f}")
     for set_name in dict.fromkeys(r["set"] for r in rows):
         sub = [r for r in rows if r["set"] == set_name]
         counts = sorted({g for r in sub for g in r["by_givens"]})

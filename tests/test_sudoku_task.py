@@ -165,6 +165,7 @@ def test_symmetry_retries_see_the_puzzle_from_elsewhere():
     # probability (46/81)^11 < 0.2% (seeded); the board is mapped back, so it is the original puzzle's solution
     many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12, retry="symmetry")
     assert many["solved"] == 1 and (many["boards"][0] == grid).all() and many["retry"] == "symmetry"
+    assert many["solved_first_try"] == 0 and many["solve_rate_first_try"] == 0.0
     assert many["nfe"] > one["nfe"]
 
 

@@ -124,7 +124,8 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                     tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1,
                     progress: bool = False) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle), nfe_total, seconds,
-    seconds_per_puzzle, tries, retry, givens (N,), solved_mask (N,), boards (N, 81)}.
+    seconds_per_puzzle, tries, retry, solved_first_try, solve_rate_first_try, givens (N,), solved_mask (N,),
+    boards (N, 81)}.
 
     tries > 1: a board that breaks a rule (checked against the givens alone, never the stored solution) is
     solved again, up to `tries` times in all. retry="symmetry" solves the puzzle under a random Sudoku
@@ -143,6 +144,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
                         temperature=temperature, batch_size=batch_size, seed=seed, progress=progress)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
+    first_try = int(is_solution(boards, puzzles).sum())
     again_planner = _planner(planner, planner_options)
     if retry == "gumbel" and "gumbel" in again_planner.options and retry_gumbel > 0:
         again_planner = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
@@ -163,7 +165,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
-                 retry=retry,
+                 retry=retry, solved_first_try=first_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
 
@@ -200,7 +202,10 @@ def cmd_eval_sudoku(model, args) -> int:
                              progress=not args.json)
     metrics = public_metrics(report)
     metrics.update(planner=planner, data=str(args.data))
-    tries = f", {metrics['tries']} tries ({metrics['retry']})" if metrics["tries"] > 1 else ""
+    tries = ""
+    if metrics["tries"] > 1:
+        tries = (f" with {metrics['tries']} tries ({metrics['retry']}; one try: "
+                 f"{100 * metrics['solve_rate_first_try']:.2f}%)")
     if args.json:
         print(json.dumps(metrics))
     else:
