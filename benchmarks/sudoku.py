@@ -42,7 +42,7 @@ def stratified(puzzles, solutions, limit: int):
 
 
 def run(model, sets: dict, planners, limit: int | None, batch_size: int, progress: bool,
-        stratify: bool = False, tries: int = 1, retry: str = "symmetry") -> list[dict]:
+        stratify: bool = False, tries: int = 1, retry: str = "symmetry", views: int = 1) -> list[dict]:
     """One row per (planner, set): metrics plus solve counts per number of givens."""
     rows = []
     for set_name, path in sets.items():
@@ -52,7 +52,7 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
             puzzles, solutions = load_csv(path, limit=limit)
         for planner in planners:
             rep = evaluate_sudoku(model, puzzles, solutions, planner=planner, batch_size=batch_size,
-                                  tries=tries, retry=retry, progress=progress)
+                                  tries=tries, retry=retry, views=views, progress=progress)
             by_givens = {}
             for g in np.unique(rep["givens"]):
                 sel = rep["givens"] == g
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--planners", default=",".join(PLANNERS), help=f"comma-separated (default {','.join(PLANNERS)})")
     p.add_argument("--tries", type=int, default=1, help="re-solve boards that break a rule, up to N tries in all "
                    "(default 1)")
+    p.add_argument("--views", type=int, default=1, help="average the probabilities over N symmetric views (default 1)")
     p.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
                    help="how a try differs: a random Sudoku symmetry of the puzzle (default) or Gumbel-perturbed scores")
     p.add_argument("--batch-size", type=int, default=200, help="puzzles per batch")
@@ -143,16 +144,17 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         rows = run(model, sets, [s for s in args.planners.split(",") if s], args.limit or None, args.batch_size,
                    progress=not args.json, stratify=args.stratify, tries=args.tries,
-                   retry=args.retry)
+                   retry=args.retry, views=args.views)
         meta = {"model": str(args.model), "n_params": model.backbone.n_params(), "threads": args.threads,
-                "limit": args.limit, "stratify": args.stratify, "tries": args.tries, "retry": args.retry,
+                "limit": args.limit, "stratify": args.stratify, "tries": args.tries, "retry": args.retry, "views": args.views,
                 "seconds": time.perf_counter() - start}
         if args.json:
             print(json.dumps({**meta, "rows": rows}))
         else:
             print(f"model {args.model} ({meta['n_params'] / 1e6:.2f}M parameters), {args.threads} thread(s), "
                   f"greedy tokens, one cell per step, {args.tries} tr{'y' if args.tries == 1 else 'ies'}"
-                  f"{'' if args.tries == 1 else ' (retry: ' + args.retry + ')'}\n")
+                  f"{'' if args.tries == 1 else ' (retry: ' + args.retry + ')'}"
+                  f"{'' if args.views == 1 else f', {args.views} symmetric views averaged'}\n")
             print_tables(rows)
         msg = plot(rows, Path(args.plot)) if args.plot else None
         if msg:

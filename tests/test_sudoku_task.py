@@ -169,6 +169,63 @@ def test_symmetry_retries_see_the_puzzle_from_elsewhere():
     assert many["nfe"] > one["nfe"]
 
 
+class _SeeingBackbone(torch.nn.Module):
+    """Logits that spell out what a view shows: cell j of a view gets log-probabilities favouring digit
+    (shown digit at j) if j is filled, else digit 1 + (j mod 9) — so mapping views back can be checked exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t=None):
+        j = torch.arange(81).expand_as(x)
+        favourite = torch.where(x == 9, j % 9, x)  # a class 0..8
+        return torch.nn.functional.one_hot(favourite, 10).float() * 5.0 + 0 * self.w
+
+
+def test_symmetry_ensemble_maps_every_view_back_to_the_board():
+    from ddlm.eval.sudoku import SymmetryEnsemble
+
+    (puzzle,), (grid,) = _puzzles(1, 30, 10)
+    x = torch.from_numpy(np.where(puzzle == 0, 9, puzzle - 1)).long()[None]  # tokens
+    net = _SeeingBackbone()
+    one = SymmetryEnsemble(net, 1, 1, np.random.default_rng(0))(x)
+    torch.testing.assert_close(one[..., :9], torch.log_softmax(net(x)[..., :9], -1))  # view 0 is the identity
+    ens = SymmetryEnsemble(net, 1, 5, np.random.default_rng(0))
+    avg = ens(x)[0, :, :9].exp()  # (81, 9) mean probabilities
+    torch.testing.assert_close(avg.sum(-1), torch.ones(81))
+    given = np.flatnonzero(puzzle)
+    # a given digit is seen in every view (relabelled and moved), so mapped back every view agrees on it
+    assert (avg[given].argmax(-1).numpy() == puzzle[given] - 1).all()
+    assert torch.allclose(avg[given].max(-1).values, avg[given[0]].max())
+    # a blank shows a view-dependent guess: mapped back, view k's guess at original cell c is the digit that
+    # view k's relabelling sends to 1 + (its position in view k) mod 9
+    c = int(np.flatnonzero(puzzle == 0)[0])
+    cells, digits = ens.cells[0].numpy(), ens.digits[0].numpy()
+    expect = torch.zeros(9)
+    for k in range(5):
+        j = int(np.flatnonzero(cells[k] == c)[0])
+        d = int(np.flatnonzero(digits[k] == 1 + j % 9)[0])
+        expect += torch.softmax(torch.nn.functional.one_hot(torch.tensor(d - 1), 9).float() * 5.0, -1) / 5
+    torch.testing.assert_close(avg[c], expect)
+
+
+def test_symmetry_ensemble_outvotes_a_position_bound_mistake():
+    (puzzle,), (grid,) = _puzzles(1, 36, 8)
+    if puzzle[0] != 0:
+        puzzle = puzzle.copy()
+        puzzle[0] = 0
+    model = _oracle_model(grid)
+    model.backbone = _SolverTrapBackbone()
+    assert evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin")["solved"] == 0
+    # with 5 views, at most one view holds the trap cell blank at its corner; averaged probabilities outvote it
+    rep = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", views=5)
+    assert rep["solved"] == 1 and rep["views"] == 5
+    assert rep["nfe"] == 5 * (puzzle == 0).sum()  # every view counts
+    with pytest.raises(UserError, match="views"):
+        evaluate_sudoku(model, puzzle[None], planner="top_margin", views=0)
+
+
 def test_symmetries_keep_puzzles_and_grids_valid_and_undo_exactly():
     from ddlm.data.sudoku_generate import apply_symmetries, random_symmetries, solve, undo_symmetries
 

@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
     e.add_argument("--tries", type=_positive_int, default=1, help="task sudoku: solve a board that breaks a rule "
                    "again, up to N tries in all (default 1; every try counts in NFE)")
+    e.add_argument("--views", type=_positive_int, default=1, help="task sudoku: average the model's probabilities "
+                   "over the board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
     e.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
                    help="task sudoku, --tries: solve the puzzle again under a random Sudoku symmetry (default) or "
                    "with the planner's scores perturbed by 0.1 x Gumbel noise")

@@ -33,7 +33,7 @@ def cmd_solve(args) -> int:
 
     model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
     report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries,
-                             retry=args.retry)
+                             retry=args.retry, views=args.views)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     if args.json:
         print(json.dumps({"puzzle": format_board(puzzle, pretty=False), "board": format_board(board, pretty=False),
@@ -62,6 +62,8 @@ def register(sub) -> None:
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
     solve.add_argument("--tries", type=_positive_int, default=1,
                        help="solve again while the board breaks a rule, up to N tries in all (default 1)")
+    solve.add_argument("--views", type=_positive_int, default=1, help="average the model's probabilities over the "
+                       "board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
     solve.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
                        help="how a try differs: the puzzle under a random Sudoku symmetry (default), or the "
                        "planner's scores perturbed by 0.1 x Gumbel noise")

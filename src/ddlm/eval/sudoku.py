@@ -15,6 +15,7 @@ solution is used only for the cell accuracy on blanks, since a puzzle may have s
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -44,9 +45,60 @@ def _planner(planner, planner_options: dict | None):
     return get_planner(planner, **(planner_options or {}))
 
 
+class SymmetryEnsemble(torch.nn.Module):
+    """A denoiser that looks at each board in `views` ways and averages what it sees: row b is shown to the
+    backbone as itself and under views - 1 random Sudoku symmetries (fixed per row for the whole solve), each
+    view's p(digit | board) is mapped back to the original cells and digits, and the probabilities are averaged
+    (an ensemble over the symmetry group, test-time augmentation). Costs `views` backbone rows per row.
+
+    Same call as the backbone: x (b, 81) tokens (digit d = token d - 1, MASK = 9) -> (b, 81, 10) logits whose
+    first 9 entries are the averaged log-probabilities. `select_rows(idx)` says which of the n rows come next
+    (the sampler's row cache evaluates only rows that changed)."""
+
+    def __init__(self, backbone, n: int, views: int, rng: np.random.Generator):
+        super().__init__()
+        from ..data.sudoku_generate import random_symmetries
+
+        self.backbone, self.views = backbone, views
+        cells, digits = random_symmetries(n * views, rng)
+        cells, digits = cells.reshape(n, views, N_CELLS), digits.reshape(n, views, 10)
+        cells[:, 0], digits[:, 0] = np.arange(N_CELLS), np.arange(10)  # view 0: the board itself
+        device = next(backbone.parameters()).device
+        self.cells = torch.as_tensor(cells, device=device)  # (n, K, 81): view cell j shows original cell cells[j]
+        self.digits = torch.as_tensor(digits, dtype=torch.long, device=device)  # (n, K, 10): digit d shows as digits[d]
+        self._rows = None
+
+    @property
+    def time_conditioned(self) -> bool:
+        return getattr(self.backbone, "time_conditioned", False)
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        self._rows = idx
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        rows, self._rows = self._rows, None
+        if rows is None:
+            rows = torch.arange(x.shape[0], device=x.device)
+        b, K = x.shape[0], self.views
+        cells, digits = self.cells[rows], self.digits[rows]  # (b, K, 81), (b, K, 10)
+        board = torch.where(x == MASK_TOKEN, 0, x + 1)  # (b, 81) digits, 0 = blank
+        moved = torch.gather(board[:, None].expand(b, K, N_CELLS), 2, cells)  # (b, K, 81)
+        shown = torch.gather(digits, 2, moved)  # relabelled digits, 0 stays 0
+        view_x = torch.where(shown == 0, MASK_TOKEN, shown - 1).reshape(b * K, N_CELLS)
+        view_t = None if t is None else t.repeat_interleave(K)
+        logits = self.backbone(view_x, view_t)[..., :9].float().reshape(b, K, N_CELLS, 9)
+        logp = torch.log_softmax(logits, dim=-1)
+        # back to the original digits: original digit d (class d - 1) was shown as digits[d] (class digits[d] - 1)
+        back = torch.gather(logp, 3, (digits[:, :, None, 1:] - 1).expand(b, K, N_CELLS, 9))
+        # back to the original cells: view cell j is original cell cells[j]
+        orig = torch.empty_like(back).scatter_(2, cells[..., None].expand(b, K, N_CELLS, 9), back)
+        avg = torch.logsumexp(orig, dim=1) - math.log(K)  # (b, 81, 9) log of the mean probability
+        return torch.cat([avg, torch.zeros_like(avg[..., :1])], dim=-1)
+
+
 def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict | None = None,
                   steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
-                  progress: bool = False) -> dict:
+                  views: int = 1, progress: bool = False) -> dict:
     """Fill the blanks of `puzzles` (N, 81) int (0 = blank) with the model.
 
     steps=None commits one blank per step (each row takes as many steps as it has blanks); steps=S commits
@@ -64,6 +116,8 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
         raise UserError(f"batch_size must be positive, got {batch_size}")
     if steps is not None and steps <= 0:
         raise UserError(f"the number of steps must be positive, got {steps}")
+    if views < 1:
+        raise UserError(f"views must be at least 1, got {views}")
     plan = _planner(planner, planner_options)
     generator = torch.Generator(device=model.device).manual_seed(seed)  # draws happen on the model's device
     device = model.device
@@ -87,13 +141,16 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
             else:
                 # One blank per step for every row: a row with fewer blanks commits ceil(m / steps_left) = 1 per
                 # step too, and the cache skips it once it is full.
-                out = sample_masked(model.backbone, model.process, len(p), N_CELLS, steps or blanks,
+                net = model.backbone
+                if views > 1:
+                    net = SymmetryEnsemble(model.backbone, len(p), views, np.random.default_rng([seed, lo]))
+                out = sample_masked(net, model.process, len(p), N_CELLS, steps or blanks,
                                     rule="planned", planner=plan, temperature=temperature, cached=True,
                                     fixed=torch.where(given, tokens, 0).to(device), fixed_mask=given.to(device),
                                     generator=generator)
                 boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
                 nfe += out.nfe
-                row_evals += out.row_evals
+                row_evals += out.row_evals * views  # the backbone saw every view of every evaluated row
             if bar is not None:
                 bar.update(len(p))
     finally:
@@ -121,7 +178,7 @@ RETRIES = ("symmetry", "gumbel")
 
 def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", planner_options: dict | None = None,
                     steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
-                    tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1,
+                    tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1, views: int = 1,
                     progress: bool = False) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle), nfe_total, seconds,
     seconds_per_puzzle, tries, retry, solved_first_try, solve_rate_first_try, givens (N,), solved_mask (N,),
@@ -133,6 +190,9 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     puzzle seen from elsewhere, so the model takes other decisions, with its planner unchanged.
     retry="gumbel" perturbs the planner's scores by `retry_gumbel` * Gumbel noise instead (planners without a
     gumbel option just draw fresh randomness). The cost of every try counts in the NFE.
+
+    views > 1: the denoiser averages its probabilities over the board and views - 1 random symmetries of it
+    (`SymmetryEnsemble`); NFE counts every view.
     """
     from ..data.sudoku_generate import apply_symmetries, random_symmetries, undo_symmetries
 
@@ -142,7 +202,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
         raise UserError(f"unknown retry {retry!r}; choose one of {', '.join(RETRIES)}")
     puzzles = np.asarray(puzzles)
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
-                        temperature=temperature, batch_size=batch_size, seed=seed, progress=progress)
+                        temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
     first_try = int(is_solution(boards, puzzles).sum())
     again_planner = _planner(planner, planner_options)
@@ -158,14 +218,14 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
             cells, digits = random_symmetries(len(todo), rng)
             todo_puzzles = apply_symmetries(todo_puzzles, cells, digits)
         again = solve_puzzles(model, todo_puzzles, planner=again_planner, steps=steps, temperature=temperature,
-                              batch_size=batch_size, seed=seed + attempt, progress=progress)
+                              batch_size=batch_size, seed=seed + attempt, views=views, progress=progress)
         boards = boards.copy()
         boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
-                 retry=retry, solved_first_try=first_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
+                 retry=retry, views=views, solved_first_try=first_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
 
@@ -199,6 +259,7 @@ def cmd_eval_sudoku(model, args) -> int:
     report = evaluate_sudoku(model, puzzles, solutions, planner=planner, steps=args.steps,
                              seed=getattr(args, "seed", 0) or 0, tries=getattr(args, "tries", 1) or 1,
                              retry=getattr(args, "retry", "symmetry") or "symmetry",
+                             views=getattr(args, "views", 1) or 1,
                              progress=not args.json)
     metrics = public_metrics(report)
     metrics.update(planner=planner, data=str(args.data))
