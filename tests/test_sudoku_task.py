@@ -166,6 +166,7 @@ def test_symmetry_retries_see_the_puzzle_from_elsewhere():
     many = evaluate_sudoku(model, puzzle[None], grid[None], planner="top_margin", tries=12, retry="symmetry")
     assert many["solved"] == 1 and (many["boards"][0] == grid).all() and many["retry"] == "symmetry"
     assert many["solved_first_try"] == 0 and many["solve_rate_first_try"] == 0.0
+    assert many["solved_by_try"][0] == 0 and many["solved_by_try"][-1] == 1 and len(many["solved_by_try"]) <= 12
     assert many["nfe"] > one["nfe"]
 
 

@@ -181,8 +181,8 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                     tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1, views: int = 1,
                     progress: bool = False) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle), nfe_total, seconds,
-    seconds_per_puzzle, tries, retry, solved_first_try, solve_rate_first_try, givens (N,), solved_mask (N,),
-    boards (N, 81)}.
+    seconds_per_puzzle, tries, retry, views, solved_first_try, solve_rate_first_try, solved_by_try (solved
+    after each try that ran), givens (N,), solved_mask (N,), boards (N, 81)}.
 
     tries > 1: a board that breaks a rule (checked against the givens alone, never the stored solution) is
     solved again, up to `tries` times in all. retry="symmetry" solves the puzzle under a random Sudoku
@@ -205,6 +205,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                         temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
     first_try = int(is_solution(boards, puzzles).sum())
+    solved_by_try = [first_try]
     again_planner = _planner(planner, planner_options)
     if retry == "gumbel" and "gumbel" in again_planner.options and retry_gumbel > 0:
         again_planner = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
@@ -222,10 +223,11 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
         boards = boards.copy()
         boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
+        solved_by_try.append(int(is_solution(boards, puzzles).sum()))
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
-                 retry=retry, views=views, solved_first_try=first_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
+                 retry=retry, views=views, solved_first_try=first_try, solved_by_try=solved_by_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
 
