@@ -204,14 +204,14 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
                         temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
-    first_try = int(is_solution(boards, puzzles).sum())
-    solved_by_try = [first_try]
+    solved = is_solution(boards, puzzles)  # (N,) judged by the givens alone
+    solved_by_try = [int(solved.sum())]
     again_planner = _planner(planner, planner_options)
     if retry == "gumbel" and "gumbel" in again_planner.options and retry_gumbel > 0:
         again_planner = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
     rng = np.random.default_rng(seed)
     for attempt in range(1, tries):
-        todo = np.flatnonzero(~is_solution(boards, puzzles))
+        todo = np.flatnonzero(~solved)
         if not len(todo):
             break
         todo_puzzles = puzzles[todo]
@@ -220,14 +220,15 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
             todo_puzzles = apply_symmetries(todo_puzzles, cells, digits)
         again = solve_puzzles(model, todo_puzzles, planner=again_planner, steps=steps, temperature=temperature,
                               batch_size=batch_size, seed=seed + attempt, views=views, progress=progress)
-        boards = boards.copy()
         boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
-        solved_by_try.append(int(is_solution(boards, puzzles).sum()))
+        solved[todo] = is_solution(boards[todo], puzzles[todo])
+        solved_by_try.append(int(solved.sum()))
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
-                 retry=retry, views=views, solved_first_try=first_try, solved_by_try=solved_by_try, solve_rate_first_try=first_try / n if score["n"] else 0.0,
+                 retry=retry, views=views, solved_first_try=solved_by_try[0], solved_by_try=solved_by_try,
+                 solve_rate_first_try=solved_by_try[0] / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
 
