@@ -270,13 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--planner", help="task sudoku: decoding order (random, top_prob, top_margin, entropy, ...)")
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
     e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
-    e.add_argument("--tries", type=_positive_int, default=1, help="task sudoku: solve a board that breaks a rule "
-                   "again, up to N tries in all (default 1; every try counts in NFE)")
-    e.add_argument("--views", type=_positive_int, default=1, help="task sudoku: average the model's probabilities "
-                   "over the board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
-    e.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
-                   help="task sudoku, --tries: solve the puzzle again under a random Sudoku symmetry (default) or "
-                   "with the planner's scores perturbed by 0.1 x Gumbel noise")
+    from .cli_sudoku import add_solving_options
+    add_solving_options(e, "task sudoku: ")
     e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
                    "with the samples' unigram entropy")
     e.add_argument("--judge", default="smollm2", help="--gen-ppl judge: smollm2 (optional extra: pip install "

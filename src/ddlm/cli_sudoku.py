@@ -46,6 +46,20 @@ def cmd_solve(args) -> int:
     return 0 if solved else 1
 
 
+def add_solving_options(parser, prefix: str = "") -> None:
+    """--tries, --retry, --views: the ways to spend more compute on a hard puzzle (solve and eval share them)."""
+    from .cli import _positive_int
+    from .eval.sudoku import RETRIES
+
+    parser.add_argument("--tries", type=_positive_int, default=1, help=f"{prefix}solve a board that breaks a rule "
+                        "again, up to N tries in all (default 1; every try counts in the NFE)")
+    parser.add_argument("--retry", default=RETRIES[0], choices=RETRIES,
+                        help=f"{prefix}how a try differs: the puzzle under a random Sudoku symmetry (default), or "
+                        "the planner's scores perturbed by 0.1 x Gumbel noise")
+    parser.add_argument("--views", type=_positive_int, default=1, help=f"{prefix}average the model's probabilities "
+                        "over the board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
+
+
 def register(sub) -> None:
     from .cli import _positive_int
 
@@ -60,13 +74,7 @@ def register(sub) -> None:
     solve.add_argument("--planner", default="top_margin",
                        help="decoding order: random, top_prob, top_margin (default), entropy, confidence")
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
-    solve.add_argument("--tries", type=_positive_int, default=1,
-                       help="solve again while the board breaks a rule, up to N tries in all (default 1)")
-    solve.add_argument("--views", type=_positive_int, default=1, help="average the model's probabilities over the "
-                       "board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
-    solve.add_argument("--retry", default="symmetry", choices=["symmetry", "gumbel"],
-                       help="how a try differs: the puzzle under a random Sudoku symmetry (default), or the "
-                       "planner's scores perturbed by 0.1 x Gumbel noise")
+    add_solving_options(solve)
     from .cli import _add_device
 
     _add_device(solve)
