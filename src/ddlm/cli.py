@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-refresh", type=_positive_int, metavar="N", help="with --kv-cache: recompute the prefix "
                    "keys/values every N network calls (default: only at each block's first step)")
     s.add_argument("--compile", action="store_true", help="run the network under torch.compile: the first call "
-                   "compiles (tens of seconds on a CPU), later ones ran 1.14x faster in benchmarks/sampling.py "
+                   "compiles (tens of seconds on a CPU), later ones ran 1.1-1.3x faster in benchmarks/sampling.py "
                    "--compile; pays only for long sampling jobs")
     _add_device(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
