@@ -87,8 +87,9 @@ class SequenceModel(torch.nn.Module):
         no finished prefix).
 
         compile: run the backbone under torch.compile (compiled once per model and kept; the first call pays
-        the compilation, tens of seconds on a CPU). It paid 1.14x and 1.31x (two runs) for ancestral sampling at 8 x 128 x 128 on a
-        2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by default."""
+        the compilation, tens of seconds on a CPU). It paid 1.14x and 1.31x (two runs) for ancestral sampling at
+        8 x 128 x 128 on a 2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by
+        default."""
         from .sampling import options as sampling_options
 
         sc = self.cfg.sample
