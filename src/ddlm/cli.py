@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_sudoku import register as register_sudoku
     register_sudoku(sub)
+    from .cli_plot import register as register_plot
+    register_plot(sub)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)
