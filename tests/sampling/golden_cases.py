@@ -45,6 +45,9 @@ def build_net(family_name: str, weights: dict | None = None, seed: int = 0):
     else:  # random init gives near-uniform outputs: sharpen them so that planners and routes make real choices
         with torch.no_grad():
             net.head.weight.mul_(40.0)
+            for block in net.blocks:  # adaLN-Zero starts at zero: give t a say
+                if getattr(block, "ada", None) is not None:
+                    block.ada.weight.normal_(0.0, 0.3)
     return fam, net.eval()
 
 
