@@ -48,9 +48,16 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
 
 
+def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of a normalised activation: h (B, L, d), shift and scale (B, 1, d); zero shift and
+    scale leave h unchanged."""
+    return h * (1 + scale) + shift
+
+
 class Block(nn.Module):
     """Pre-norm attention + MLP block; with `cond_dim` set, LayerNorms are modulated by adaLN (shift, scale,
-    gate) from a conditioning vector, initialised to the identity (adaLN-Zero)."""
+    gate) from a conditioning vector and each residual update is multiplied by its gate; the modulation is
+    zero-initialised, so the block starts as the identity (adaLN-Zero, Peebles & Xie 2023)."""
 
     def __init__(self, d: int, n_heads: int, mlp_ratio: float, dropout: float, causal: bool,
                  rotary: Rotary | None, cond_dim: int = 0):
@@ -95,9 +102,8 @@ class Block(nn.Module):
         if self.ada is None:
             x = x + self.drop(self.attention(self.norm1(x), kv_cache))
             return x + self.drop(self.mlp(self.norm2(x)))
-        # (B, 1, d) each
+        # (B, 1, d) each. adaLN-Zero: the gates start at zero (self.ada is zero-initialised), so every
+        # sublayer's residual update is zero and the block is exactly the identity until training moves them.
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + (1 + gate1) * self.drop(self.attention(h, kv_cache))
-        h = self.norm2(x) * (1 + scale2) + shift2
-        return x + (1 + gate2) * self.drop(self.mlp(h))
+        x = x + gate1 * self.drop(self.attention(modulate(self.norm1(x), shift1, scale1), kv_cache))
+        return x + gate2 * self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2)))
