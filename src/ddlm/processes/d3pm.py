@@ -84,6 +84,14 @@ class D3PMProcess:
     def mutual_information_betas(self, steps: int, p0: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def apply_cumulative(self, probs: torch.Tensor, s: int) -> torch.Tensor:
+        """probs Q_bar_s for one integer step s: (B, L, S) -> (B, L, S) (the strided sampler's push)."""
+        raise NotImplementedError
+
+    def skip_columns(self, x_t: torch.Tensor, s: int, t: int) -> torch.Tensor:
+        """q(x_t | x_s = j) over j for s < t, Q_{s->t} = Q_{s+1} ... Q_t: (B, L) -> (B, L, S)."""
+        raise NotImplementedError
+
     # ----- written once ----------------------------------------------------------------------------------
     def _tensors(self) -> list[str]:
         return [k for k, v in vars(self).items() if isinstance(v, torch.Tensor)]
@@ -145,6 +153,8 @@ class D3PMProcess:
         """x0-parameterisation: log p~(x_0 | x_t) over the V real tokens (B, L, S) -> (B, L, V) float64.
         The network never predicts [MASK] as x_0."""
         return F.log_softmax(logits[..., : self.vocab_size].to(DTYPE), dim=-1)
+
+    log_probs = x0_log_probs  # the name every process gives it (processes/protocol.py)
 
     def reverse_log_probs(self, logits: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
         """log p(x_{t-1} | x_t) (B, L, S) from the network's logits at step t (B,) >= 1.
@@ -227,6 +237,16 @@ class _RankOneProcess(D3PMProcess):
     def cumulative_matrix(self, t):
         a = self.abar[t].cpu()
         return a * torch.eye(self.n_states, dtype=DTYPE) + (1 - a) * self.m[None, :].cpu()
+
+    def apply_cumulative(self, probs, s):
+        a = self.abar[s]
+        return a * probs + (1 - a) * probs.sum(-1, keepdim=True) * self.m
+
+    def skip_columns(self, x_t, s, t):
+        # Q_{s->t} = r I + (1 - r) 1 m^T with r = abar_t / abar_s
+        a_s = self.abar[s]
+        r = self.abar[t] / a_s if a_s > 0 else torch.zeros((), dtype=DTYPE)
+        return r * F.one_hot(x_t, self.n_states).to(DTYPE) + (1 - r) * self.m[x_t][..., None]
 
     def mutual_information_betas(self, steps, p0):
         # I(abar) is decreasing in abar's complement; solve I(abar_t) = (1 - t/T) H(x_0) per step
@@ -320,6 +340,15 @@ class _MatrixProcess(D3PMProcess):
 
     def cumulative_matrix(self, t):
         return self.Qbar[t].cpu()
+
+    def apply_cumulative(self, probs, s):
+        return probs @ self.Qbar[s]
+
+    def skip_columns(self, x_t, s, t):
+        Q = self.Q[s + 1]
+        for i in range(s + 2, t + 1):
+            Q = Q @ self.Q[i]  # (S, S) Q_{s->t}
+        return Q.T[x_t]
 
 
 class GaussianD3PM(_MatrixProcess):

@@ -11,18 +11,18 @@ r = abar_t / abar_s; matrix processes (Gaussian, nearest-neighbour) multiply the
 The token temperature tempers p~ before it is pushed through the posterior. Fixed positions (prompt,
 infilling) are replaced at every step by a draw of q(x_s | x_0 = fixed) (the replacement method), and by the
 fixed tokens themselves at the end.
+
+The step is `D3PMRule`, a step rule of the sampling core (`core.py`); `sample_d3pm` runs it.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn.functional as F
 
 from ..processes.d3pm_schedules import DTYPE
-from .categorical import sample_categorical
-from .loop import SampleOutput, check_sampling_args
+from .core import Hooks, StepRule, expand_fixed, new_state, run
+from .denoiser import SampleOutput
 
 
 def time_grid(T: int, steps: int) -> list[int]:
@@ -33,22 +33,12 @@ def time_grid(T: int, steps: int) -> list[int]:
 
 def _push(process, probs: torch.Tensor, s: int) -> torch.Tensor:
     """probs Q_bar_s: (B, L, S) -> (B, L, S)."""
-    if hasattr(process, "Qbar"):
-        return probs @ process.Qbar[s]
-    a = process.abar[s]
-    return a * probs + (1 - a) * probs.sum(-1, keepdim=True) * process.m
+    return process.apply_cumulative(probs, s)
 
 
 def _columns(process, x_t: torch.Tensor, s: int, t: int) -> torch.Tensor:
     """q(x_t | x_s = j) over j: (B, L) -> (B, L, S)."""
-    if hasattr(process, "Q"):
-        Q = process.Q[s + 1]
-        for i in range(s + 2, t + 1):
-            Q = Q @ process.Q[i]  # (S, S) Q_{s->t}
-        return Q.T[x_t]
-    a_s = process.abar[s]
-    r = process.abar[t] / a_s if a_s > 0 else torch.zeros((), dtype=DTYPE)
-    return r * F.one_hot(x_t, process.n_states).to(DTYPE) + (1 - r) * process.m[x_t][..., None]
+    return process.skip_columns(x_t, s, t)
 
 
 def reverse_probs(process, logp0: torch.Tensor, x_t: torch.Tensor, s: int, t: int) -> torch.Tensor:
@@ -58,40 +48,52 @@ def reverse_probs(process, logp0: torch.Tensor, x_t: torch.Tensor, s: int, t: in
     return w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(DTYPE).tiny)
 
 
+class D3PMRule(StepRule):
+    """x_t -> x_s by the x0-parameterised posterior; the grid is integer steps (t, s) of `time_grid`."""
+
+    name = "d3pm"
+
+    def __init__(self, process, temperature: float = 1.0):
+        self.process, self.temperature = process, temperature
+
+    def start(self, ctx, n, length, fixed, fixed_mask):
+        process = self.process.to(ctx.device)
+        prior = process.prior().to(ctx.device)
+        x = torch.multinomial(prior.float().expand(n * length, -1), 1, replacement=True,
+                              generator=ctx.generator).view(n, length)  # (B, L) ~ prior
+        fixed, given = expand_fixed(ctx, n, length, fixed, fixed_mask)
+        if fixed is not None:
+            x = torch.where(given, process.sample_xt(fixed, process.steps, ctx.generator), x)
+        state = new_state(x, ~given, given)
+        state.memo["fixed"] = fixed
+        return state
+
+    def grid(self, steps):
+        g = time_grid(self.process.steps, steps)
+        return list(zip(g[:-1], g[1:]))
+
+    def net_time(self, state):
+        return state.t / self.process.steps
+
+    def step(self, ctx, state, logp0):
+        t, s = state.t, state.s
+        if self.temperature != 1.0:
+            logp0 = torch.log_softmax(logp0 / self.temperature, -1) if self.temperature > 0 else \
+                torch.log(F.one_hot(logp0.argmax(-1), self.process.vocab_size).to(DTYPE))
+        if s == 0:
+            x = ctx.propose(logp0, None, state, 1.0)
+        else:
+            x = ctx.propose(torch.log(reverse_probs(self.process, logp0, state.x, s, t)), None, state, 1.0)
+        fixed = state.memo["fixed"]
+        if fixed is not None:
+            x = torch.where(state.fixed, fixed if s == 0 else self.process.sample_xt(fixed, s, ctx.generator), x)
+        state.x = x
+
+
 @torch.no_grad()
 def sample_d3pm(backbone, process, n: int, length: int, *, steps: int, temperature: float = 1.0,
                 fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None, generator=None,
-                progress: bool = False) -> SampleOutput:
+                progress: bool = False, hooks: Hooks | None = None) -> SampleOutput:
     """n sequences of `length` tokens in min(steps, T) network calls (`process` a D3PMProcess)."""
-    check_sampling_args(n, length, steps, temperature)
-    device = next(backbone.parameters()).device
-    process.to(device)
-    T = process.steps
-    prior = process.prior().to(device)
-    x = torch.multinomial(prior.float().expand(n * length, -1), 1, replacement=True,
-                          generator=generator).view(n, length)  # (B, L) ~ prior
-    given = None
-    if fixed is not None:
-        given = fixed_mask.to(device).expand(n, length)
-        fixed = fixed.to(device).expand(n, length)
-        x = torch.where(given, process.sample_xt(fixed, T, generator), x)
-    grid = time_grid(T, steps)
-    nfe, start = 0, time.perf_counter()
-    pairs = list(zip(grid[:-1], grid[1:]))
-    if progress:
-        from tqdm import tqdm
-        pairs = tqdm(pairs, desc="sampling", leave=False)
-    for t, s in pairs:
-        tt = torch.full((n,), t / T, device=device)
-        logp0 = process.x0_log_probs(backbone(x, tt))  # (B, L, V) float64
-        nfe += 1
-        if temperature != 1.0:
-            logp0 = torch.log_softmax(logp0 / temperature, -1) if temperature > 0 else \
-                torch.log(F.one_hot(logp0.argmax(-1), process.vocab_size).to(DTYPE))
-        if s == 0:
-            x = sample_categorical(logp0, 1.0, generator)
-        else:
-            x = sample_categorical(torch.log(reverse_probs(process, logp0, x, s, t)), 1.0, generator)
-        if given is not None:
-            x = torch.where(given, fixed if s == 0 else process.sample_xt(fixed, s, generator), x)
-    return SampleOutput(x, nfe, nfe * n, time.perf_counter() - start)
+    return run(D3PMRule(process, temperature), backbone, process, n, length, steps, temperature=temperature,
+               fixed=fixed, fixed_mask=fixed_mask, generator=generator, hooks=hooks, progress=progress)

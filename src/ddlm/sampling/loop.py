@@ -1,132 +1,80 @@
-"""The sampling loop of masked diffusion, written once.
+"""Masked diffusion's step rules on the sampling core (`core.py`).
 
 A run starts from MASK everywhere except fixed positions (a prompt, infilling context, Sudoku givens) and
-walks t from 1 to 0 in `steps` steps. Each step asks the denoiser for p_theta(x_0 | x_t) (B, L, V) and lets
-a *step rule* decide which masked positions to commit:
+walks t from 1 to 0 in `steps` steps. Each step asks the denoiser for p_theta(x_0 | x_t) (B, L, V) and a
+*commit rule* decides which masked positions to commit:
 
   ancestral  MDLM's reverse process: each masked position unmasks with probability
              (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a token drawn from p_theta (Sahoo et al. 2024).
   planned    a planner (random, top_prob, top_margin, entropy, confidence, ...) picks which positions to
              commit, ceil(n_masked / steps_left) per row by default (Kim et al. 2025).
 
-Caching: when the denoiser is time-free (no time conditioning) its output depends on x_t alone, so a row
-whose tokens did not change since its last evaluation reuses its last output and the network runs on the
-changed rows only. NFE counts network calls; `row_evals` counts rows evaluated.
+`remask.py` adds ReMDM's re-masking rule. Row caching (`cached=True`) is the core's Denoiser.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import UserError
-from .categorical import sample_categorical
+from .core import Hooks, StepRule, expand_fixed, new_state, run
+from .denoiser import Denoiser, SampleOutput, check_sampling_args  # noqa: F401  (re-exported)
 from .planners import commit_counts
 
 
-@dataclass
-class SampleOutput:
-    tokens: torch.Tensor  # (B, L) long
-    nfe: int  # network calls
-    row_evals: int  # rows of the batch evaluated, summed over calls
-    seconds: float
-    texts: list | None = None
+class MaskedRule(StepRule):
+    """Commit some masked positions per step (COMMIT_RULES[rule]) and draw their tokens from p_theta."""
 
+    name = "masked"
 
-class Denoiser:
-    """Wraps a backbone and a process into x_t -> log p_theta(x_0 | x_t) (B, L, V) with optional row caching."""
+    def __init__(self, process, rule: str = "ancestral", planner=None, temperature: float = 1.0,
+                 cached: bool = False):
+        if rule not in COMMIT_RULES:
+            raise UserError(f"unknown step rule {rule!r}; choose one of {', '.join(COMMIT_RULES)}")
+        self.process, self.commit, self.planner = process, COMMIT_RULES[rule], planner
+        self.temperature, self.cached = temperature, cached
 
-    def __init__(self, backbone, process, cached: bool = False):
-        if cached and getattr(backbone, "time_conditioned", False):
-            raise UserError("the cached sampler needs a time-free denoiser (model.time_conditioning=false); "
-                            "use --sampler ancestral for this model")
-        self.backbone, self.process, self.cached = backbone, process, cached
-        self.nfe = self.row_evals = 0
-        self._x = self._logp = None
+    def start(self, ctx, n, length, fixed, fixed_mask):
+        x = torch.full((n, length), self.process.mask_id, dtype=torch.long, device=ctx.device)
+        fixed, given = expand_fixed(ctx, n, length, fixed, fixed_mask)
+        if fixed is not None:
+            x = torch.where(given, fixed, x)
+        return new_state(x, self.process.is_masked(x), given)
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x_0 | x_t) (B, L, V). With caching, only rows that changed since their last evaluation and
-        are still `active` (B,) (have masked positions) are evaluated; the others keep their last output."""
-        rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        if self.cached:
-            if self._x is not None:
-                rows = (x != self._x).any(-1)  # (B,) rows that changed since their last evaluation
-            if active is not None:
-                rows &= active  # a finished row's output is never read again
-            if not rows.any():
-                return self._logp
-        idx = rows.nonzero()[:, 0]
-        if hasattr(self.backbone, "select_rows"):  # a backbone with per-row state (blockwise prefix KV cache)
-            self.backbone.select_rows(idx)
-        logp = self.process.log_probs(self.backbone(x[idx], t[idx]))  # (b, L, V)
-        self.nfe += 1
-        self.row_evals += len(idx)
-        if len(idx) == x.shape[0]:
-            self._logp = logp
+    def finished(self, state):
+        state.noisy = self.process.is_masked(state.x)
+        return not state.noisy.any()
+
+    def step(self, ctx, state, logp):
+        masked, n = state.noisy, state.x.shape[0]
+        t = torch.full((n,), state.t, device=ctx.device)
+        s = torch.full((n,), state.s, device=ctx.device)
+        if getattr(self.planner, "needs_candidates", False):  # e.g. RDM routing scores the proposed tokens
+            tokens = ctx.propose(logp, None, state, self.temperature)  # (B, L), float64 Gumbel-max
+            commit = self.commit(self.process, logp, masked, t, s, state.steps_left, self.planner, tokens,
+                                 ctx.generator) & masked
+            state.x = torch.where(commit, tokens, state.x)
         else:
-            if self._logp is None:
-                self._logp = logp.new_zeros((x.shape[0],) + logp.shape[1:])
-            else:
-                self._logp = self._logp.clone()
-            self._logp[idx] = logp
-        self._x = x.clone()
-        return self._logp
-
-
-def check_sampling_args(n: int, length: int, steps: int, temperature: float):
-    if n <= 0:
-        raise UserError(f"the number of samples must be positive, got {n}")
-    if length <= 0:
-        raise UserError(f"the length must be positive, got {length}")
-    if steps <= 0:
-        raise UserError(f"the number of steps must be positive, got {steps}")
-    if not (0.0 <= temperature <= 100.0) or math.isnan(temperature):
-        raise UserError(f"temperature must be in [0, 100], got {temperature}")
+            commit = self.commit(self.process, logp, masked, t, s, state.steps_left, self.planner, None,
+                                 ctx.generator) & masked
+            if commit.any():  # draw tokens only where they are committed: most ancestral steps commit nothing
+                state.x = ctx.propose(logp, commit, state, self.temperature)
+        state.noisy = self.process.is_masked(state.x)
 
 
 @torch.no_grad()
 def sample_masked(backbone, process, n: int, length: int, steps: int, *, rule: str = "ancestral",
                   planner=None, temperature: float = 1.0, cached: bool = False, fixed: torch.Tensor | None = None,
-                  fixed_mask: torch.Tensor | None = None, generator=None, progress: bool = False) -> SampleOutput:
-    """Sample n sequences of `length` tokens with a masked-diffusion denoiser.
+                  fixed_mask: torch.Tensor | None = None, generator=None, progress: bool = False,
+                  hooks: Hooks | None = None) -> SampleOutput:
+    """Sample n sequences of `length` tokens with a masked-diffusion denoiser (rule: ancestral or planned).
 
     fixed (B or 1, L) long and fixed_mask (B or 1, L) bool: positions given in advance (prompt, infilling).
     """
     check_sampling_args(n, length, steps, temperature)
-    if rule not in STEP_RULES:
-        raise UserError(f"unknown step rule {rule!r}; choose one of {', '.join(STEP_RULES)}")
-    device = next(backbone.parameters()).device
-    x = torch.full((n, length), process.mask_id, dtype=torch.long, device=device)
-    if fixed is not None:
-        fixed_mask = fixed_mask.to(device).expand(n, length)
-        x = torch.where(fixed_mask, fixed.to(device).expand(n, length), x)
-    denoise = Denoiser(backbone, process, cached)
-    start = time.perf_counter()
-    iterator = range(steps, 0, -1)
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, desc="sampling", leave=False)
-    for i in iterator:
-        masked = process.is_masked(x)
-        if not masked.any():
-            break
-        t = torch.full((n,), i / steps, device=device)
-        s = torch.full((n,), (i - 1) / steps, device=device)
-        logp = denoise(x, t, masked.any(-1))  # (B, L, V)
-        if getattr(planner, "needs_candidates", False):  # e.g. RDM routing scores the proposed tokens
-            tokens = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
-            commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, tokens, generator) & masked
-            x = torch.where(commit, tokens, x)
-            continue
-        commit = STEP_RULES[rule](process, logp, masked, t, s, i, planner, None, generator) & masked
-        if commit.any():  # draw tokens only where they are committed: most ancestral steps commit nothing
-            idx = commit.nonzero(as_tuple=True)
-            x[idx] = sample_categorical(logp[idx], temperature, generator)
-    return SampleOutput(x, denoise.nfe, denoise.row_evals, time.perf_counter() - start)
+    step_rule = MaskedRule(process, rule, planner, temperature, cached)
+    return run(step_rule, backbone, process, n, length, steps, temperature=temperature, fixed=fixed,
+               fixed_mask=fixed_mask, generator=generator, hooks=hooks, progress=progress)
 
 
 def ancestral_rule(process, logp, masked, t, s, steps_left, planner, tokens, generator):
@@ -150,4 +98,5 @@ def planned_rule(process, logp, masked, t, s, steps_left, planner, tokens, gener
     return planner(logp, masked, k, candidates=tokens, generator=generator)
 
 
-STEP_RULES = {"ancestral": ancestral_rule, "planned": planned_rule}
+COMMIT_RULES = {"ancestral": ancestral_rule, "planned": planned_rule}
+STEP_RULES = COMMIT_RULES  # the older name

@@ -23,17 +23,17 @@ sampler draws exactly from the data distribution: it is a random-order autoregre
 temperature the choice depends on the proposals (confident first), which sharpens samples and is not exact.
 Under "cond" and "uncond" clean tokens compete for the cut too; one that lands below it but is kept (cond)
 leaves room for two decodes in one step, so those variants are not exact even with an oracle.
+
+The step is `RoutingRule`, a step rule of the sampling core (`core.py`); `sample_rdm` runs it.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..errors import UserError
-from .categorical import sample_categorical
-from .loop import SampleOutput, check_sampling_args
+from .core import Hooks, StepRule, expand_fixed, new_state, run
+from .denoiser import SampleOutput, check_sampling_args
 from .planners import gumbel_noise, top_k_masked, unmask_counts_batch
 
 ROUTES = ("ancestral", "deterministic", "stochastic", "planned")
@@ -51,71 +51,93 @@ def check_routing(route: str, condition: str, schedule: str, routing_temperature
         raise UserError(f"process.routing_temperature must be >= 0, got {routing_temperature}")
 
 
-@torch.no_grad()
-def sample_rdm(backbone, process, n: int, length: int, *, steps: int, temperature: float = 1.0,
-               route: str = "deterministic", routing_temperature: float = 1.0, schedule: str = "linear",
-               condition: str = "cond", fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None,
-               generator=None, progress: bool = False) -> SampleOutput:
-    """n sequences of `length` tokens from an RDM denoiser (`process` an RDMProcess) in `steps` network calls."""
-    check_sampling_args(n, length, steps, temperature)
-    check_routing(route, condition, schedule, routing_temperature)
-    if route == "planned":
-        return _planned(backbone, process, n, length, steps, temperature, routing_temperature, fixed, fixed_mask,
-                        generator, progress)
-    device = next(backbone.parameters()).device
-    given = torch.zeros((n, length), dtype=torch.bool, device=device)
-    x = torch.zeros((n, length), dtype=torch.long, device=device)
-    if fixed is not None:
-        given = fixed_mask.to(device).expand(n, length).clone()
-        x = torch.where(given, fixed.to(device).expand(n, length), x)
-    noisy = ~given  # (B, L) b = 0
-    x = torch.where(noisy, process.noise_like(x, generator), x)
-    stored = torch.zeros((n, length), dtype=torch.float64, device=device)  # score of each decoded token
-    # how many free positions stay noisy after each step: (B, K + 1), column j = after j steps
-    counts = unmask_counts_batch(noisy.sum(-1).cpu(), steps, schedule).to(device)
-    remaining = noisy.sum(-1, keepdim=True) - torch.cat([torch.zeros_like(counts[:, :1]), counts.cumsum(-1)], -1)
-    nfe, start = 0, time.perf_counter()
-    iterator = range(steps, 0, -1)
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, desc="sampling", leave=False)
-    for k in iterator:
-        if route == "ancestral" and not noisy.any():
-            break
-        t = torch.full((n,), k / steps, device=device)
-        logp = process.log_probs(backbone(x, t)).double()  # (B, L, V)
-        nfe += 1
-        proposal = sample_categorical(logp, temperature, generator)  # (B, L), float64 Gumbel-max
+class RoutingRule(StepRule):
+    """One RDM step: propose x~_0, then route (ancestral, deterministic or stochastic) which tokens stay noisy."""
+
+    name = "routing"
+
+    def __init__(self, process, steps, route, routing_temperature, schedule, condition, temperature):
+        self.process, self.steps, self.route = process, steps, route
+        self.routing_temperature, self.schedule, self.condition = routing_temperature, schedule, condition
+        self.temperature = temperature
+
+    def start(self, ctx, n, length, fixed, fixed_mask):
+        x = torch.zeros((n, length), dtype=torch.long, device=ctx.device)
+        fixed, given = expand_fixed(ctx, n, length, fixed, fixed_mask)
+        if fixed is not None:
+            given = given.clone()
+            x = torch.where(given, fixed, x)
+        noisy = ~given  # (B, L) b = 0
+        x = torch.where(noisy, self.process.noise_like(x, ctx.generator), x)
+        state = new_state(x, noisy, given)
+        state.memo["stored"] = torch.zeros((n, length), dtype=torch.float64, device=ctx.device)  # decoded scores
+        # how many free positions stay noisy after each step: (B, K + 1), column j = after j steps
+        counts = unmask_counts_batch(noisy.sum(-1).cpu(), self.steps, self.schedule).to(ctx.device)
+        state.memo["remaining"] = noisy.sum(-1, keepdim=True) - torch.cat(
+            [torch.zeros_like(counts[:, :1]), counts.cumsum(-1)], -1)
+        return state
+
+    def grid(self, steps):
+        return [(k / steps, (k - 1) / steps) for k in range(steps, 0, -1)]
+
+    def finished(self, state):
+        return self.route == "ancestral" and not state.noisy.any()
+
+    def active(self, state):
+        return torch.ones_like(state.done)
+
+    def step(self, ctx, state, logp):
+        logp = logp.double()  # (B, L, V)
+        x, noisy, given, stored = state.x, state.noisy, state.fixed, state.memo["stored"]
+        remaining, steps, k = state.memo["remaining"], self.steps, self.steps - state.step
+        n, device = x.shape[0], x.device
+        t = torch.full((n,), state.t, device=device)
+        proposal = ctx.propose(logp, None, state, self.temperature)  # (B, L), float64 Gumbel-max
         score = logp.gather(-1, proposal[..., None])[..., 0]  # (B, L)
-        if route == "ancestral":
-            p = process.reveal_prob(t.double(), torch.full_like(t, (k - 1) / steps).double())[:, None]  # (B, 1)
-            u = torch.rand(noisy.shape, generator=generator, dtype=torch.float64, device=device)
+        if self.route == "ancestral":
+            p = self.process.reveal_prob(t.double(), torch.full_like(t, (k - 1) / steps).double())[:, None]  # (B, 1)
+            u = torch.rand(noisy.shape, generator=ctx.generator, dtype=torch.float64, device=device)
             denoise, renoise = noisy & (u < p), torch.zeros_like(noisy)
         else:
             m = remaining[:, steps - k + 1]  # (B,) noisy after this step
             key = score
-            if route == "stochastic" and routing_temperature > 0:
+            if self.route == "stochastic" and self.routing_temperature > 0:
                 rate = (m.double() / remaining[:, 0].clamp_min(1).double())[:, None]  # (B, 1), anneals to 0
-                key = key + routing_temperature * rate * gumbel_noise(key.shape, generator, device)
-            ranked = noisy if condition == "none" else ~given
+                key = key + self.routing_temperature * rate * gumbel_noise(key.shape, ctx.generator, device)
+            ranked = noisy if self.condition == "none" else ~given
             low = top_k_masked(-key, ranked, m)  # (B, L) the m lowest keys among the ranked positions
             clean = ~noisy & ~given
-            if condition == "uncond":
+            if self.condition == "uncond":
                 renoise = clean & low
-            elif condition == "cond":
+            elif self.condition == "cond":
                 renoise = clean & low & (proposal == x) & (score < stored)
             else:
                 renoise = torch.zeros_like(noisy)
             denoise = noisy & ~low
         x = torch.where(denoise, proposal, x)
-        stored = torch.where(denoise, score, stored)
-        noisy = (noisy & ~denoise) | renoise
-        x = torch.where(noisy, process.noise_like(x, generator), x)  # noise is redrawn: it carries nothing
-    return SampleOutput(x, nfe, nfe * n, time.perf_counter() - start)
+        state.memo["stored"] = torch.where(denoise, score, stored)
+        state.noisy = (noisy & ~denoise) | renoise
+        state.x = torch.where(state.noisy, self.process.noise_like(x, ctx.generator), x)  # noise carries nothing
+
+
+@torch.no_grad()
+def sample_rdm(backbone, process, n: int, length: int, *, steps: int, temperature: float = 1.0,
+               route: str = "deterministic", routing_temperature: float = 1.0, schedule: str = "linear",
+               condition: str = "cond", fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None,
+               generator=None, progress: bool = False, hooks: Hooks | None = None) -> SampleOutput:
+    """n sequences of `length` tokens from an RDM denoiser (`process` an RDMProcess) in `steps` network calls."""
+    check_sampling_args(n, length, steps, temperature)
+    check_routing(route, condition, schedule, routing_temperature)
+    if route == "planned":
+        return _planned(backbone, process, n, length, steps, temperature, routing_temperature, fixed, fixed_mask,
+                        generator, progress, hooks)
+    rule = RoutingRule(process, steps, route, routing_temperature, schedule, condition, temperature)
+    return run(rule, backbone, process, n, length, steps, temperature=temperature, fixed=fixed,
+               fixed_mask=fixed_mask, generator=generator, hooks=hooks, progress=progress)
 
 
 def _planned(backbone, process, n, length, steps, temperature, routing_temperature, fixed, fixed_mask, generator,
-             progress):
+             progress, hooks=None):
     """Absorbing RDM without re-noising and a linear k: the one masked loop with the rdm planner."""
     from .loop import sample_masked
     from .planners import get_planner
@@ -124,4 +146,4 @@ def _planned(backbone, process, n, length, steps, temperature, routing_temperatu
         raise UserError("--sampler planned needs [MASK] tokens (rdm-absorbing); use --sampler routing")
     return sample_masked(backbone, process, n, length, steps, rule="planned",
                          planner=get_planner("rdm", temperature=routing_temperature), temperature=temperature,
-                         fixed=fixed, fixed_mask=fixed_mask, generator=generator, progress=progress)
+                         fixed=fixed, fixed_mask=fixed_mask, generator=generator, progress=progress, hooks=hooks)
