@@ -80,20 +80,27 @@ def _bad_characters(s: str) -> list[str]:
     return seen
 
 
-def parse_board(s: str) -> np.ndarray:
-    """Parse 81 characters (digits 1-9, '0' or '.' for blanks) into an (81,) int8 board.
+# Characters a typed board may hold between its cells: whitespace (spaces, nine lines of nine) and the rules of
+# `format_board`'s pretty form, so that a printed board can be pasted back.
+_IGNORED = frozenset("|-+")
 
-    Whitespace at the ends is ignored. Raises `UserError` for a wrong length, foreign characters or
-    givens that contradict each other (the same digit twice in a row, column or box).
+
+def parse_board(s: str) -> np.ndarray:
+    """Parse 81 cells (digits 1-9, '0' or '.' for blanks) into an (81,) int8 board.
+
+    Whitespace anywhere (one line, spaced digits, nine lines of nine) and the separators '|', '-' and '+' are
+    ignored, so `format_board`'s output parses back. Raises `UserError` for a wrong number of cells, foreign
+    characters or givens that contradict each other (the same digit twice in a row, column or box).
     """
     if not isinstance(s, str):
         raise UserError(f"a Sudoku board must be given as a string, got {type(s).__name__}")
-    s = s.strip()
+    s = "".join(ch for ch in s if not ch.isspace() and ch not in _IGNORED)
     bad = _bad_characters(s)
     if bad:
         shown = ", ".join(repr(ch) for ch in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise UserError(
-            f"board contains {shown}; use only the digits 1-9, and '0' or '.' for blanks"
+            f"board contains {shown}; use only the digits 1-9, and '0' or '.' for blanks "
+            "(spaces, line breaks and | - + are ignored)"
         )
     if len(s) != N_CELLS:
         raise UserError(
@@ -108,6 +115,25 @@ def parse_board(s: str) -> np.ndarray:
     return board
 
 
+def conflict_cells(board) -> np.ndarray:
+    """(81,) bool: the cells whose digit appears more than once in their row, column or box (blanks never)."""
+    b = _as_boards(board)
+    if b.shape != (N_CELLS,):
+        raise UserError(f"conflict_cells takes one board of 81 cells, got shape {tuple(b.shape)}")
+    units = b[UNITS]  # (27, 9)
+    same = (units[:, :, None] == units[:, None, :]) & (units[:, :, None] > 0)  # (27, 9, 9), the diagonal included
+    out = np.zeros(N_CELLS, bool)
+    out[UNITS[same.sum(-1) > 1]] = True
+    return out
+
+
+def first_conflict(board) -> str | None:
+    """The first rule a board breaks, in words ("row 3 has two 5s"), or None."""
+    b = _as_boards(board)
+    bad, unit, digit = _contradiction(b.reshape(1, N_CELLS))
+    return _contradiction_message(b.reshape(N_CELLS), int(unit[0]), int(digit[0])) if bad[0] else None
+
+
 def _as_boards(boards, what: str = "board") -> np.ndarray:
     """Check that `boards` has shape (..., 81) with values 0..9 and return it as int8."""
     a = np.asarray(boards)
@@ -118,20 +144,32 @@ def _as_boards(boards, what: str = "board") -> np.ndarray:
     return a.astype(np.int8, copy=False)
 
 
-def format_board(board, pretty: bool = True) -> str:
+MARK_LEGEND = "[d]: a digit that appears twice in its row, column or box"
+
+
+def format_board(board, pretty: bool = True, marks=None) -> str:
     """Render a board. Pretty: 9 lines with '|' between stacks, a rule between bands and '.' for
-    blanks. Compact (pretty=False): the 81-character CSV form with '0' for blanks."""
+    blanks. Compact (pretty=False): the 81-character CSV form with '0' for blanks.
+
+    marks: optional (81,) bool; with any set (pretty only), every cell takes three characters and a marked one
+    is shown in brackets, "[5]" (see MARK_LEGEND)."""
     b = _as_boards(board)
     if b.shape != (N_CELLS,):
         raise UserError(f"format_board takes one board of 81 cells, got shape {tuple(b.shape)}")
     if not pretty:
         return "".join(str(int(d)) for d in b)
+    marked = np.zeros(N_CELLS, bool) if marks is None else np.asarray(marks, bool).reshape(N_CELLS)
+    wide = bool(marked.any())
     lines = []
     for r in range(9):
         if r in (3, 6):
-            lines.append("------+-------+------")
-        row = [str(int(d)) if d else "." for d in b[9 * r : 9 * r + 9]]
-        lines.append(" | ".join(" ".join(row[3 * k : 3 * k + 3]) for k in range(3)))
+            lines.append("---------+---------+---------" if wide else "------+-------+------")
+        cells = [str(int(d)) if d else "." for d in b[9 * r : 9 * r + 9]]
+        if wide:
+            row = [f"[{ch}]" if m else f" {ch} " for ch, m in zip(cells, marked[9 * r : 9 * r + 9])]
+            lines.append("|".join("".join(row[3 * k : 3 * k + 3]) for k in range(3)).rstrip())
+        else:
+            lines.append(" | ".join(" ".join(cells[3 * k : 3 * k + 3]) for k in range(3)))
     return "\n".join(lines)
 
 
@@ -284,6 +322,18 @@ def load_csv(path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     return P, S
 
 
+def format_csv(puzzles, solutions) -> str:
+    """The `puzzle,solution` CSV text that `load_csv` reads: a header line, then one line per puzzle."""
+    P, S = _as_boards(puzzles, "puzzle"), _as_boards(solutions, "solution")
+    lines = [f"{format_board(p, pretty=False)},{format_board(g, pretty=False)}\n" for p, g in zip(P, S)]
+    return "puzzle,solution\n" + "".join(lines)
+
+
+# 20 puzzles shipped with the package (28 givens each, unique solutions), the default of `ddlm eval --task sudoku`;
+# written by `ddlm sudoku generate --n 20 --givens 28 --seed 0 --out src/ddlm/data/examples/sudoku.csv`.
+EXAMPLE_CSV = Path(__file__).resolve().parent / "examples" / "sudoku.csv"
+
+
 _GENERATE_NAMES = ("solve", "random_grid", "random_grids", "make_puzzle")
 
 
@@ -303,6 +353,10 @@ __all__ = [
     "UNITS",
     "parse_board",
     "format_board",
+    "format_csv",
+    "conflict_cells",
+    "first_conflict",
+    "EXAMPLE_CSV",
     "load_csv",
     "is_valid_grid",
     "is_solution",

@@ -283,3 +283,35 @@ def make_puzzle(grid, n_givens: int, rng: np.random.Generator) -> np.ndarray:
         else:
             puzzle[i] = digit
     return np.array(puzzle, dtype=np.int8)
+
+
+MIN_UNIQUE_GIVENS = 17  # no Sudoku with fewer givens has a unique solution (McGuire et al., 2012)
+
+
+def make_puzzles(n: int, givens: int, seed: int, attempts: int = 100, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """`n` puzzles with exactly `givens` givens and a unique solution, and their solutions: ((n, 81), (n, 81)) int8,
+    deterministic for `seed`.
+
+    Each puzzle blanks one of `random_grids(n, seed)` with `make_puzzle`; when the greedy removal stops above
+    `givens` (a minimal puzzle, usually at 22-27 givens) it starts again from the full grid in another random
+    order, up to `attempts` times. `progress(k)` is called after each finished puzzle (k = how many so far).
+    """
+    if n < 1:
+        raise UserError(f"the number of puzzles must be positive, got {n}")
+    if not MIN_UNIQUE_GIVENS <= givens <= N_CELLS:
+        raise UserError(f"--givens must be in {MIN_UNIQUE_GIVENS}..{N_CELLS} (no Sudoku with fewer than "
+                        f"{MIN_UNIQUE_GIVENS} givens has a unique solution), got {givens}")
+    grids = random_grids(n, seed)
+    rng = np.random.default_rng([seed, givens])
+    puzzles = np.zeros_like(grids)
+    for k, grid in enumerate(grids):
+        for _ in range(attempts):
+            puzzles[k] = make_puzzle(grid, givens, rng)
+            if int((puzzles[k] != 0).sum()) == givens:
+                break
+        else:
+            raise UserError(f"could not blank a grid down to {givens} givens with a unique solution in {attempts} "
+                            f"tries (removing cells one by one usually stops at 22-27 givens); ask for more givens")
+        if progress is not None:
+            progress(k + 1)
+    return puzzles, grids
