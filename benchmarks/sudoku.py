@@ -4,8 +4,10 @@ number of givens (a table, and a PNG plot when matplotlib is installed).
     python benchmarks/sudoku.py [--model DIR] [--limit N] [--stratify] [--data CSV ...] [--planners a,b]
                                 [--json] [--plot PNG]
 
-Defaults: the committed models/sudoku, the first N=200 puzzles of each public test set in ../shared/data/sudoku
-(SATNet test, RRN validation; both files are shuffled, so the first N are a fair sample), one CPU thread.
+Defaults: the committed models/sudoku, the 20 example puzzles shipped with ddlm (src/ddlm/data/examples), one CPU
+thread. For the published comparisons pass the public test sets, e.g. `--data satnet-test.csv rrn-validation.csv`
+(SATNet test, RRN validation; both files are shuffled, so the first N are a fair sample), or puzzles written by
+`ddlm sudoku generate --n N --givens K --out FILE.csv`.
 Kim et al. (ICML 2025) report for a 6M MDM: random 6.9% / top-prob 18.5% / top-margin 89.5% (their test set).
 """
 
@@ -20,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddlm.data.sudoku import load_csv
+from ddlm.data.sudoku import EXAMPLE_CSV, load_csv
 from ddlm.errors import UserError
 from ddlm.eval.sudoku import evaluate_sudoku
 from ddlm.pipeline import SequenceModel
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "sudoku"
-DEFAULT_SETS = {"satnet": SHARED / "satnet-test.csv", "rrn": SHARED / "rrn-validation.csv"}
 PLANNERS = ("random", "top_prob", "top_margin", "entropy", "confidence")
 
 
@@ -116,8 +116,9 @@ def plot(rows: list[dict], path: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(REPO / "models" / "sudoku"), help="model directory (default models/sudoku)")
-    p.add_argument("--data", nargs="+", metavar="CSV", help="puzzle,solution CSV files (default: the shared "
-                   "SATNet test and RRN validation sets)")
+    p.add_argument("--data", nargs="+", metavar="CSV", help="puzzle,solution CSV files, such as the public SATNet "
+                   "test and RRN validation sets or `ddlm sudoku generate` output (default: the 20 example puzzles "
+                   "shipped with ddlm)")
     p.add_argument("--limit", type=int, default=200, help="first N puzzles of each set (default 200; 0 = all)")
     p.add_argument("--stratify", action="store_true", help="take the N puzzles evenly over the numbers of givens "
                    "(representative only of a set uniform over them, such as RRN's 1,000 per count 17..34)")
@@ -134,12 +135,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         torch.set_num_threads(args.threads)
-        if args.data:
-            sets = {Path(d).stem: Path(d) for d in args.data}
-        else:
-            sets = {k: v for k, v in DEFAULT_SETS.items() if v.is_file()}
-            if not sets:
-                raise UserError(f"no test sets at {SHARED}; pass --data CSV ...")
+        sets = {Path(d).stem: Path(d) for d in args.data or [EXAMPLE_CSV]}
         model = SequenceModel.from_pretrained(args.model)
         start = time.perf_counter()
         rows = run(model, sets, [s for s in args.planners.split(",") if s], args.limit or None, args.batch_size,

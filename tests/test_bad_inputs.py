@@ -172,6 +172,12 @@ CASES = [
      ["no.csv"]),
     ("sudoku-unknown-planner", lambda r: ["sudoku", "solve", "." * 81, "--model", str(r / "sudoku"), "--planner",
                                           "nope"], ["unknown planner 'nope'", "top_margin"]),
+    ("sudoku-board-extra-characters", lambda r: ["sudoku", "solve", "[1]" + "." * 80], ["'['", "ignored"]),
+    ("sudoku-threads-zero", lambda r: ["sudoku", "solve", "." * 81, "--threads", "0"], ["--threads", "positive"]),
+    ("sudoku-generate-few-givens", lambda r: ["sudoku", "generate", "--n", "2", "--givens", "10"], ["17..81"]),
+    ("sudoku-generate-out-exists", lambda r: ["sudoku", "generate", "--n", "2", "--givens", "30", "--out",
+                                              str(r / "short.txt")], ["already exists", "--force"]),
+    ("sudoku-generate-n-zero", lambda r: ["sudoku", "generate", "--n", "0", "--givens", "30"], ["--n", "positive"]),
     ("sudoku-not-a-sudoku-model", lambda r: ["sudoku", "solve", "." * 81, "--model", str(r / "run")],
      ["not a Sudoku model"]),
 ]
@@ -211,6 +217,8 @@ def _assert_clean(status, err):
 
 
 @FUZZ
+@example(opts={"--prompt": "--help"})  # "--help" as a value: a prompt like any other
+@example(opts={"--n": "--help"})
 @given(opts=st.dictionaries(st.sampled_from(["--n", "--length", "--steps", "--temperature", "--prompt", "--seed",
                                              "--sampler", "--planner"]), _values, max_size=4))
 def test_random_sample_options_never_raise(env, opts):
@@ -219,10 +227,10 @@ def test_random_sample_options_never_raise(env, opts):
         argv += ["--steps", "4"]
     for k, v in opts.items():
         argv.append(f"{k}={v}")  # `--k=v` keeps values such as "-1" or "--help" attached to their option
-    status, _, err = _run(argv)
-    if any(v == "--help" for v in opts.values()):
-        return
+    status, out, err = _run(argv)
     _assert_clean(status, err)
+    if status == 0:  # a value "--help" stays a value (`--k=v`): a run prints samples, never the usage text
+        assert json.loads(out)["samples"] and "usage:" not in out
 
 
 _field = st.sampled_from(["model.n_layers", "model.d_model", "model.n_heads", "model.mlp_ratio", "model.dropout",

@@ -1,4 +1,5 @@
-"""`ddlm sudoku solve PUZZLE`: fill in one puzzle with a trained model and say whether it is solved."""
+"""`ddlm sudoku solve PUZZLE`: fill in one puzzle with a trained model and say whether it is solved;
+`ddlm sudoku generate`: random puzzles with unique solutions as a CSV."""
 
 from __future__ import annotations
 
@@ -20,30 +21,105 @@ def default_model_dir() -> Path:
                     "`ddlm train --preset sudoku --out runs/sudoku` and use --model runs/sudoku")
 
 
+def set_threads(args) -> None:
+    """--threads N if given, else one thread unless OMP_NUM_THREADS says otherwise (solving is many small forward
+    passes: 23 s with 2 threads against 0.24 s with 1 for one puzzle on 2 busy cores)."""
+    import torch
+
+    from .eval.sudoku import one_thread_unless_asked
+
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    else:
+        one_thread_unless_asked()
+
+
+def read_puzzle(parts: list[str]) -> str:
+    """The board text of `sudoku solve PUZZLE...`: the arguments joined by spaces, or standard input for '-'."""
+    if parts == ["-"]:
+        import sys
+
+        return sys.stdin.read()
+    return " ".join(parts)
+
+
 def cmd_solve(args) -> int:
-    from .data.sudoku import format_board, parse_board
-    from .eval.sudoku import evaluate_sudoku, one_thread_unless_asked
+    from .data.sudoku import MARK_LEGEND, conflict_cells, first_conflict, format_board, parse_board
+    from .eval.sudoku import evaluate_sudoku
     from .pipeline import SequenceModel
 
-    puzzle = parse_board(args.puzzle)  # one-line UserError for a bad string
-    # one puzzle is one 81-token row per step: too little work for threads (23 s with 2 against 0.24 s with 1
-    # on 2 busy cores)
-    one_thread_unless_asked()
+    puzzle = parse_board(read_puzzle(args.puzzle))  # one-line UserError for a bad board
+    set_threads(args)
     from .cli import _device
 
     model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
     report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries,
                              retry=args.retry, views=args.views)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
+    # cells that break a rule, and givens the board changed (the sampler keeps givens, so only ever the former)
+    marks = conflict_cells(board) | ((puzzle != 0) & (board != puzzle))
     if args.json:
         print(json.dumps({"puzzle": format_board(puzzle, pretty=False), "board": format_board(board, pretty=False),
-                          "solved": solved, "nfe": report["nfe"], "seconds": report["seconds"]}))
+                          "solved": solved, "broken_cells": [int(i) for i in marks.nonzero()[0]],
+                          "nfe": int(report["row_evals"]), "seconds": report["seconds"]}))
     else:
-        print(format_board(board))
-        verdict = "solved" if solved else "NOT solved (the board breaks a rule or changes a given)"
-        print(f"{verdict}; {int((puzzle == 0).sum())} blanks, {report['nfe']:.0f} NFE, planner {args.planner}, "
-              f"{report['seconds']:.2f} s")
+        print(format_board(board, marks=marks))
+        if solved:
+            verdict = "solved"
+        else:
+            print(MARK_LEGEND)
+            why = first_conflict(board) or "a given was changed"
+            verdict = f"NOT solved ({why}; {int(marks.sum())} cells marked)"
+        print(f"{verdict}; {int((puzzle == 0).sum())} blanks, {int(report['row_evals'])} NFE, planner "
+              f"{args.planner}, {report['seconds']:.2f} s")
     return 0 if solved else 1
+
+
+def cmd_generate(args) -> int:
+    import os
+    import sys
+    import time
+
+    import numpy as np
+
+    from .data.sudoku import format_csv
+    from .data.sudoku_generate import make_puzzles
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.is_dir():
+            raise UserError(f"--out {out} is a directory; give a file name such as {out / 'puzzles.csv'}")
+        if out.exists() and not args.force:
+            raise UserError(f"--out {out} already exists; choose another name, or add --force to replace it")
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    start = last = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def progress(k: int) -> None:
+        # a terminal gets a line rewritten in place; a log file one plain line every 10 s at most
+        nonlocal last
+        now = time.perf_counter()
+        if k == args.n or now - last >= (0.2 if tty else 10.0):
+            last = now
+            cr, end = ("\r", "" if k < args.n else "\n") if tty else ("", "\n")
+            print(f"{cr}generated {k}/{args.n} puzzles ({now - start:.1f} s)", end=end, file=sys.stderr, flush=True)
+
+    puzzles, solutions = make_puzzles(args.n, args.givens, seed, progress=progress if not args.quiet else None)
+    text = format_csv(puzzles, solutions)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".partial")
+        tmp.write_text(text)
+        os.replace(tmp, out)  # a reader never sees half a file
+    if not args.quiet:
+        where = f" to {out}" if out is not None else ""
+        noun = "puzzle" if args.n == 1 else "puzzles"
+        print(f"wrote {args.n} {noun} with {args.givens} givens (seed {seed}){where} in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
 
 
 def add_solving_options(parser, prefix: str = "") -> None:
@@ -63,13 +139,15 @@ def add_solving_options(parser, prefix: str = "") -> None:
 def register(sub) -> None:
     from .cli import _positive_int
 
-    s = sub.add_parser("sudoku", help="solve Sudoku puzzles with a trained model")
+    s = sub.add_parser("sudoku", help="solve Sudoku puzzles with a trained model, or generate puzzles")
     ssub = s.add_subparsers(dest="sudoku_command", metavar="SUBCOMMAND", parser_class=type(s))
     ssub.required = True
     solve = ssub.add_parser("solve", help="fill in one puzzle; exit status 0 if solved, 1 if not",
                             description="Fill in one puzzle and print the board and whether it is solved "
                                         "(exit status 0 if solved, 1 if not, 2 for a bad puzzle).")
-    solve.add_argument("puzzle", metavar="PUZZLE", help="81 characters row by row: digits 1-9, '0' or '.' for blanks")
+    solve.add_argument("puzzle", metavar="PUZZLE", nargs="+",
+                       help="81 cells row by row: digits 1-9, '0' or '.' for blanks; spaces, line breaks and the "
+                       "separators | - + are ignored (one argument, nine of nine, or '-' to read standard input)")
     solve.add_argument("--model", metavar="DIR", help=f"model directory (default: the committed {DEFAULT_MODEL})")
     solve.add_argument("--planner", default="top_margin",
                        help="decoding order: random, top_prob, top_margin (default), entropy, confidence")
@@ -78,5 +156,23 @@ def register(sub) -> None:
     from .cli import _add_device
 
     _add_device(solve)
-    solve.add_argument("--json", action="store_true", help="print one JSON object")
+    solve.add_argument("--threads", type=_positive_int, help="torch CPU threads (default 1, or OMP_NUM_THREADS: "
+                       "one puzzle is too little work for more)")
+    solve.add_argument("--json", action="store_true", help="print one JSON object (broken_cells: 0-based indices "
+                       "of the cells that break a rule)")
     solve.set_defaults(func=cmd_solve)
+
+    gen = ssub.add_parser("generate", help="write random puzzles with unique solutions as a puzzle,solution CSV",
+                          description="Write N random puzzles, each with exactly K givens and a unique solution, "
+                                      "as 'puzzle,solution' CSV lines (the input of `ddlm eval --task sudoku "
+                                      "--data`). Removing cells one by one usually stops at 22-27 givens, so "
+                                      "fewer givens take many restarts.")
+    gen.add_argument("--n", type=_positive_int, required=True, help="number of puzzles")
+    gen.add_argument("--givens", type=int, required=True, metavar="K", help="givens per puzzle (17..81; 24 or more "
+                     "is fast, about 50 ms a puzzle)")
+    gen.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed so the file can be "
+                     "made again)")
+    gen.add_argument("--out", metavar="FILE.csv", help="file to write (default: standard output)")
+    gen.add_argument("--force", action="store_true", help="replace --out if it exists")
+    gen.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    gen.set_defaults(func=cmd_generate)

@@ -127,7 +127,9 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(puzzles), desc="solving", unit="puzzle", file=sys.stderr, leave=False)
+        # a bar only on a terminal: in a log file its carriage returns pile up
+        bar = tqdm(total=len(puzzles), desc="solving", unit="puzzle", file=sys.stderr, leave=False,
+                   disable=not sys.stderr.isatty())
     was_training = model.backbone.training
     model.backbone.eval()
     try:
@@ -180,7 +182,8 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                     steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
                     tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1, views: int = 1,
                     progress: bool = False) -> dict:
-    """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle), nfe_total, seconds,
+    """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle, a mean), nfe_total (network calls),
+    row_evals (puzzle-evaluations summed over puzzles, an int: the NFE of one puzzle when N = 1), seconds,
     seconds_per_puzzle, tries, retry, views, solved_first_try, solve_rate_first_try, solved_by_try (solved
     after each try that ran), givens (N,), solved_mask (N,), boards (N, 81)}.
 
@@ -226,7 +229,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
         solved_by_try.append(int(solved.sum()))
     score = score_boards(boards, puzzles, solutions)
     n = max(score["n"], 1)
-    score.update(nfe=row_evals / n, nfe_total=nfe, seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
+    score.update(nfe=row_evals / n, nfe_total=int(nfe), row_evals=int(row_evals), seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
                  retry=retry, views=views, solved_first_try=solved_by_try[0], solved_by_try=solved_by_try,
                  solve_rate_first_try=solved_by_try[0] / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
@@ -248,24 +251,24 @@ def one_thread_unless_asked() -> None:
 
 
 def cmd_eval_sudoku(model, args) -> int:
-    """`ddlm eval DIR --task sudoku --data CSV [--planner] [--limit] [--steps] [--json]`."""
-    from ..data.sudoku import load_csv
+    """`ddlm eval DIR --task sudoku [--data CSV] [--planner] [--limit] [--steps] [--threads] [--json]`; without --data
+    the 20 example puzzles shipped with ddlm (`EXAMPLE_CSV`)."""
+    from ..cli_sudoku import set_threads
+    from ..data.sudoku import EXAMPLE_CSV, load_csv
 
-    one_thread_unless_asked()
-
-    if not args.data:
-        raise UserError("--task sudoku needs --data CSV, a file of 'puzzle,solution' lines")
+    set_threads(args)
+    data = args.data or str(EXAMPLE_CSV)
     check_sudoku_model(model)
     planner = args.planner or "top_margin"
     _planner(planner, None)  # an unknown planner fails before the CSV is read
-    puzzles, solutions = load_csv(args.data, limit=args.limit)
+    puzzles, solutions = load_csv(data, limit=args.limit)
     report = evaluate_sudoku(model, puzzles, solutions, planner=planner, steps=args.steps,
                              seed=getattr(args, "seed", 0) or 0, tries=getattr(args, "tries", 1) or 1,
                              retry=getattr(args, "retry", "symmetry") or "symmetry",
                              views=getattr(args, "views", 1) or 1,
                              progress=not args.json)
     metrics = public_metrics(report)
-    metrics.update(planner=planner, data=str(args.data))
+    metrics.update(planner=planner, data=data)
     tries = ""
     if metrics["tries"] > 1:
         tries = (f" with {metrics['tries']} tries ({metrics['retry']}; one try: "
@@ -273,7 +276,7 @@ def cmd_eval_sudoku(model, args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"sudoku {args.data} ({metrics['n']} puzzles, planner {planner}): solved {metrics['solved']}/"
+        print(f"sudoku {data} ({metrics['n']} puzzles, planner {planner}): solved {metrics['solved']}/"
               f"{metrics['n']} = {100 * metrics['solve_rate']:.2f}%{tries}, cell accuracy on blanks "
               f"{100 * metrics['cell_accuracy']:.2f}%, {metrics['nfe']:.1f} NFE per puzzle, "
               f"{metrics['seconds']:.2f} s ({1000 * metrics['seconds_per_puzzle']:.1f} ms per puzzle)")
