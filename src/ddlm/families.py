@@ -17,6 +17,7 @@ and `family.sample(...)` and never branches on the family's name.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -110,7 +111,8 @@ class D3PMBound(D3PMObjective):
 def _mdlm(cfg: ProcessConfig, vocab_size: int) -> Family:
     process = MaskingProcess(vocab_size, get_schedule(cfg.schedule))
     objective = MDLMObjective(process, cfg.t_sampling, cfg.discrete_steps, cfg.t_eps, cfg.loss_weighting)
-    return Family("mdlm", process, objective, causal=False, sample=sample_masked)
+    return Family("mdlm", process, objective, causal=False, sample=sample_masked,
+                  samplers=("ancestral", "cached", "planned", "remask"))
 
 
 def _ar(cfg: ProcessConfig, vocab_size: int) -> Family:
@@ -119,14 +121,23 @@ def _ar(cfg: ProcessConfig, vocab_size: int) -> Family:
                   exact_likelihood=True, samplers=(), options=causal_options)
 
 
-def _d3pm_options(sampler, planner, steps, temperature):
+def _d3pm_options(sampler, planner, steps, temperature, planner_options=None):
+    if planner_options:
+        raise UserError("D3PM's ancestral sampler takes no planner options")
     return {"steps": steps, "temperature": temperature}
 
 
-@functools.lru_cache(maxsize=8)
 def _d3pm_process(kind: str, vocab_size: int, steps: int, schedule: str | None):
+    """A process of its own for each family (processes move between devices in place, so two models must
+    never share one), copied from one built once per configuration."""
+    return copy.deepcopy(_built_d3pm_process(kind, vocab_size, steps, schedule))
+
+
+@functools.lru_cache(maxsize=8)
+def _built_d3pm_process(kind: str, vocab_size: int, steps: int, schedule: str | None):
     """Built once per process: the nearest-neighbour mutual-information schedule bisects (T, V, V) matrix
-    exponentials (minutes at T = 1000), and a run builds its family several times (train, eval, sample)."""
+    exponentials (minutes at T = 1000), and a run builds its family several times (train, eval, sample).
+    Never handed out itself (see _d3pm_process)."""
     kwargs = {"schedule": schedule}
     if kind == "nearest_neighbour":
         kwargs["embedding"] = torch.arange(vocab_size, dtype=torch.float64)[:, None]
@@ -151,8 +162,10 @@ def _rdm(noise: str, family: str):
         check_routing(cfg.routing, cfg.routing_condition, cfg.routing_schedule, cfg.routing_temperature)
         routed = {"deterministic": 0.0, "stochastic": cfg.routing_temperature}[cfg.routing]
 
-        def options(sampler, planner, steps, temperature):
+        def options(sampler, planner, steps, temperature, planner_options=None):
             # `planner` is not asked: RDM ranks positions by the score of its own proposal
+            if planner_options:
+                raise UserError("RDM's samplers take no planner options (process.routing_* configure routing)")
             route = {"routing": cfg.routing, "ancestral": "ancestral", "planned": "planned"}[sampler]
             return {"steps": steps, "temperature": temperature, "route": route, "routing_temperature": routed,
                     "schedule": cfg.routing_schedule, "condition": cfg.routing_condition}

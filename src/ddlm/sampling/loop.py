@@ -30,7 +30,7 @@ class MaskedRule(StepRule):
     def __init__(self, process, rule: str = "ancestral", planner=None, temperature: float = 1.0,
                  cached: bool = False):
         if rule not in COMMIT_RULES:
-            raise UserError(f"unknown step rule {rule!r}; choose one of {', '.join(COMMIT_RULES)}")
+            raise UserError(f"unknown step rule {rule!r}; choose one of {', '.join(COMMIT_RULES)}, remask")
         self.process, self.commit, self.planner = process, COMMIT_RULES[rule], planner
         self.temperature, self.cached = temperature, cached
 
@@ -66,13 +66,22 @@ class MaskedRule(StepRule):
 def sample_masked(backbone, process, n: int, length: int, steps: int, *, rule: str = "ancestral",
                   planner=None, temperature: float = 1.0, cached: bool = False, fixed: torch.Tensor | None = None,
                   fixed_mask: torch.Tensor | None = None, generator=None, progress: bool = False,
-                  hooks: Hooks | None = None) -> SampleOutput:
-    """Sample n sequences of `length` tokens with a masked-diffusion denoiser (rule: ancestral or planned).
+                  hooks: Hooks | None = None, remask: dict | None = None) -> SampleOutput:
+    """Sample n sequences of `length` tokens with a masked-diffusion denoiser.
 
+    rule: ancestral, planned (with `planner`) or remask (ReMDM, `remask` = its options: schedule, eta, ...).
     fixed (B or 1, L) long and fixed_mask (B or 1, L) bool: positions given in advance (prompt, infilling).
+    hooks: the core's hooks (guidance, proposals, stop, observer; see core.py).
     """
     check_sampling_args(n, length, steps, temperature)
-    step_rule = MaskedRule(process, rule, planner, temperature, cached)
+    if rule == "remask":
+        from .remask import remask_rule
+
+        if cached:
+            raise UserError("the remask sampler re-evaluates every row each step; it has no cached variant")
+        step_rule = remask_rule(process, temperature, **(remask or {}))
+    else:
+        step_rule = MaskedRule(process, rule, planner, temperature, cached)
     return run(step_rule, backbone, process, n, length, steps, temperature=temperature, fixed=fixed,
                fixed_mask=fixed_mask, generator=generator, hooks=hooks, progress=progress)
 

@@ -362,3 +362,32 @@ def get_planner(name: str, **options) -> Planner:
         valid = ", ".join(cls.options) if cls.options else "none"
         raise UserError(f"planner {key} does not take option(s) {', '.join(unknown)}; its options: {valid}")
     return cls(**options)
+
+
+def planner_names() -> tuple[str, ...]:
+    """The planner names get_planner accepts (for help texts)."""
+    return tuple(PLANNERS)
+
+
+def parse_planner_options(items, planner: str = "top_margin", sampler: str = "planned") -> dict:
+    """["k=v", ...] (the CLI's --planner-option) -> {k: v}, checked against the options of `planner` (or of
+    the remask step rule when sampler == "remask"). Values stay strings; the constructors convert them."""
+    if sampler == "remask":
+        from .remask import RemaskRule
+
+        what, valid = "the remask sampler", RemaskRule.options
+    else:
+        key = str(planner).strip().lower().replace("-", "_")
+        if key not in PLANNERS:
+            raise UserError(f"unknown planner {planner!r}; choose one of {', '.join(PLANNERS)}")
+        what, valid = f"planner {key}", PLANNERS[key].options
+    out = {}
+    for item in items or ():
+        name, eq, value = str(item).partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise UserError(f"a planner option is written key=value, got {item!r}")
+        if name not in valid:
+            raise UserError(f"{what} does not take option {name!r}; its options: {', '.join(valid) or 'none'}")
+        out[name] = value.strip()
+    return out
