@@ -58,6 +58,7 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
                 sel = rep["givens"] == g
                 by_givens[int(g)] = [int(rep["solved_mask"][sel].sum()), int(sel.sum())]
             rows.append({"set": set_name, "planner": planner, "n": rep["n"], "solved": rep["solved"],
+                         "solved_first_try": rep["solved_first_try"], "row_evals": rep["row_evals"],
                          "solve_rate": rep["solve_rate"], "solve_rate_first_try": rep["solve_rate_first_try"],
                          "cell_accuracy": rep["cell_accuracy"],
                          "nfe": rep["nfe"], "seconds": rep["seconds"],

@@ -479,3 +479,19 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
         assert words in err and err.strip().count("\n") == 0
     assert main(["sudoku", "solve", "0" * 81, "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_defaults_to_the_shipped_example_with_integer_counts(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sudoku", REPO / "benchmarks" / "sudoku.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model_dir = _tiny_sudoku_model(tmp_path)
+    assert bench.main(["--model", str(model_dir), "--planners", "random", "--json", "--plot", "", "--limit", "5"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (row,) = res["rows"]
+    assert row["set"] == "sudoku" and row["n"] == 5 and row["row_evals"] == 5 * (81 - 28)
+    assert row["by_givens"] == {"28": [row["solved"], 5]}
+    for key in ("n", "solved", "solved_first_try", "row_evals"):
+        assert type(row[key]) is int, key
