@@ -217,8 +217,8 @@ def test_sigint_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
         if proc.poll() is None:  # the signal was ignored: do not leave a 100000-step run behind
             proc.kill()
             proc.wait()
-    assert proc.returncode == 2, err
-    assert err.count("\n") == 1 and err.startswith("ddlm train: error: interrupted at step ")
+    assert proc.returncode == 130, err  # Ctrl-C exits 130 in every command, after the checkpoint
+    assert err.count("\n") == 1 and err.startswith("ddlm train: interrupted at step ")
     assert f"--resume {run}" in err and "Traceback" not in err
     state = load_latest(run)
     assert state is not None and str(state["step"]) in err

@@ -58,25 +58,37 @@ def _float(text: str) -> float:
 def cmd_train(args) -> int:
     from .train import distributed
 
+    from .train.loop import Interrupted
+
     env = distributed.from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 without them
     try:
         distributed.init(env)
         code = _train(args, env)
         distributed.barrier()  # rank 0 has written its last checkpoint and validated before any rank leaves
         return code
-    except UserError as e:
-        from .train.loop import TrainingStopped
-        if env.rank != 0 and isinstance(e, TrainingStopped):
-            return 2  # every rank stops; rank 0 alone says so
+    except Interrupted as e:  # Ctrl-C / SIGTERM: a checkpoint is written; 130 as for any interrupted command
+        if env.rank == 0:
+            print(f"ddlm train: {e}", file=sys.stderr)
+        return 130
+    except UserError:
+        if env.rank != 0:
+            return 2  # every rank meets the same mistake (or stops together); rank 0 alone says so
+        raise
+    except KeyboardInterrupt:
+        if env.rank != 0:
+            return 130  # torchrun passes a Ctrl-C on to every worker; rank 0 alone says so
         raise
     finally:
         distributed.shutdown()
 
 
 def _train(args, env) -> int:
+    import time
+
     from .config import apply_overrides, load_preset
     from .train.loop import Trainer
 
+    start = time.perf_counter()
     ddp = {"rank": env.rank, "world": env.world}
     if env.rank != 0:
         ddp["log"] = lambda *a, **k: None  # one copy of each message, from rank 0
@@ -85,22 +97,25 @@ def _train(args, env) -> int:
         from .train.distributed import threads_per_rank
         torch.set_num_threads(threads_per_rank(env))  # train.threads, if set, overrides this
     if args.resume:
-        given = [f"--{f.replace('_', '-')}" for f in ("preset", "data", "process", "tokenizer", "out", "max_steps",
+        given = [f"--{f.replace('_', '-')}" for f in ("preset", "data", "process", "tokenizer", "out",
                                                       "batch_size", "ckpt_every", "seed", "overwrite")
                  if getattr(args, f) not in (None, False)]
         if given or args.overrides:
             raise UserError(f"--resume continues a run with its saved config; do not combine it with "
-                            f"{', '.join(given) or 'overrides'} (edit {args.resume}/config.yaml to change it)")
-        trainer = Trainer.resume(args.resume, progress=not args.quiet, **ddp)
+                            f"{', '.join(given) or 'overrides'} (only --max-steps may change; edit "
+                            f"{args.resume}/config.yaml to change anything else)")
+        trainer = Trainer.resume(args.resume, max_steps=args.max_steps, progress=not args.quiet, **ddp)
     else:
         cfg = load_preset(args.preset or "quick")
         overrides = list(args.overrides)
-        for flag, key in (("data", "data.source"), ("process", "process.name"), ("tokenizer", "data.tokenizer"),
-                          ("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"),
-                          ("seed", "train.seed"), ("batch_size", "train.batch_size")):
+        for flag, key in _FLAG_FIELDS:
             value = getattr(args, flag)
-            if value is not None:
-                overrides.append(f"{key}={value}")
+            if value is None:
+                continue
+            clash = [o for o in args.overrides if o.split("=", 1)[0].strip() == key]
+            if clash:  # neither silently wins
+                raise UserError(f"--{flag.replace('_', '-')} {value} and {clash[0]} both set {key}; give only one")
+            overrides.append(f"{key}={value}")
         cfg = apply_overrides(cfg, overrides)
         from .families import configure
         cfg = configure(cfg, overrides)  # e.g. D3PM switches on model.time_conditioning
@@ -110,9 +125,19 @@ def _train(args, env) -> int:
     if env.rank != 0:
         return 0
     m = getattr(trainer, "final_metrics", {})
-    print(f"trained {trainer.step} steps into {trainer.out} ({model.backbone.n_params() / 1e6:.2f}M parameters); "
-          f"validation {m.get('nll', float('nan')):.4f} nats/token, {m.get('bpc', float('nan')):.4f} bpc")
+    nan = float("nan")
+    bound = "exact NLL" if m.get("exact") else f"NELBO bound ± 95% over {m.get('passes', 0)} t-samples"
+    print(f"trained {trainer.step} step{'s' if trainer.step != 1 else ''} into {trainer.out} in "
+          f"{time.perf_counter() - start:.1f} s ({model.backbone.n_params() / 1e6:.2f}M parameters); validation "
+          f"{m.get('nll', nan):.4f}" + ("" if m.get("exact") else f" ± {m.get('ci95', nan):.4f}") +
+          f" nats/token ({bound}), {m.get('bpc', nan):.4f} bpc")
     return 0
+
+
+# `ddlm train` options that set a config field (a flag and an override of the same field are refused)
+_FLAG_FIELDS = (("data", "data.source"), ("process", "process.name"), ("tokenizer", "data.tokenizer"),
+                ("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"), ("seed", "train.seed"),
+                ("batch_size", "train.batch_size"))
 
 
 # ---- sample -----------------------------------------------------------------------------------------------
@@ -200,7 +225,8 @@ def cmd_presets(args) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
-TASKS_HELP = {"text": "likelihood on the validation split", "sudoku": "solve rate on a puzzle CSV (--data)"}
+TASKS_HELP = {"text": "likelihood on the validation split",
+              "sudoku": "solve rate on a puzzle CSV (--data; default: the 20 example puzzles shipped with ddlm)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,23 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
 
-    fields = "\n".join(f"  {name}={default!r:<10}  {doc}" for name, doc, default in field_help())
+    fields = "\n".join(f"  {name}={value!r:<10}  {doc}" + (f" [quick sets it; default {default!r}]"
+                                                            if value != default else "")
+                       for name, doc, default, value in field_help("quick"))
     t = sub.add_parser("train", help="train a model into a run directory",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="overrides (section.field=value, values parsed as YAML):\n" + fields)
+                       epilog="overrides (section.field=value, values parsed as YAML); the values shown are those "
+                       "of the default\npreset, quick ([quick sets it] marks where it differs from the built-in "
+                       "default; --process\nd3pm-* and rdm-multinomial also set model.time_conditioning=True). "
+                       "A flag and an override\nof the same field (--max-steps 3 train.max_steps=5) are refused. "
+                       "A preset file may start\nfrom a named preset with `base: quick` and set only what "
+                       "differs.\n" + fields)
     t.add_argument("--preset", help="named preset (see `ddlm presets`) or a YAML file; default quick")
     t.add_argument("--data", help="corpus: kjv (default), shakespeare, a text file or a glob")
     t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)} (D3PM and rdm-multinomial switch on "
                    "model.time_conditioning; see ddlm.families)")
     t.add_argument("--tokenizer", choices=["char", "byte", "bpe"], help="tokenizer built from the corpus")
     t.add_argument("--out", help="run directory (default runs/PRESET)")
-    t.add_argument("--max-steps", type=_positive_int, help="optimiser steps")
+    t.add_argument("--max-steps", type=_positive_int, help="optimiser steps; with --resume, extends (or "
+                   "shortens) the run and saves the new total in its config.yaml. The warm-up + cosine learning-"
+                   "rate schedule is a function of max_steps, so it is recomputed for the new total: an extended "
+                   "run's learning rate jumps from the old end value up to the new schedule's value at the "
+                   "resumed step, then decays to train.lr * train.min_lr_ratio at the new end")
     t.add_argument("--batch-size", type=_positive_int, help="sequences per step")
     t.add_argument("--ckpt-every", type=_nonneg_int, help="checkpoint every N steps")
     t.add_argument("--seed", type=_seed, help="random seed")
-    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last good checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last good checkpoint "
+                   "(refused if the checkpoint's model or objective differs from DIR/config.yaml)")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier ddlm run in --out (only the "
+                   "files ddlm writes; a folder holding anything else is refused)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or progress lines (a bar in a terminal, "
+                   "otherwise one line per train.log_every steps)")
     t.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
     t.set_defaults(func=cmd_train)
 

@@ -206,14 +206,16 @@ def _coerce(value, typ, name):
     return value
 
 
-def field_help() -> list[tuple[str, str, object]]:
-    """(dotted name, help, default) of every field, for `ddlm train --help`."""
+def field_help(preset: str = "quick") -> list[tuple[str, str, object, object]]:
+    """(dotted name, help, built-in default, value in `preset`) of every field, for `ddlm train --help`."""
+    values = load_preset(preset).to_dict()
     out = []
     for sec in fields(RunConfig):
         cls = sec.default_factory
         src = _docstrings(cls)
         for f in fields(cls):
-            out.append((f"{sec.name}.{f.name}", src.get(f.name, ""), getattr(cls(), f.name)))
+            out.append((f"{sec.name}.{f.name}", src.get(f.name, ""), getattr(cls(), f.name),
+                        values[sec.name][f.name]))
     return out
 
 
@@ -237,10 +239,14 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> RunConfig:
-    """A named preset from src/ddlm/configs/NAME.yaml, or a path to a YAML file."""
+def load_preset(name: str, _chain: tuple = ()) -> RunConfig:
+    """A named preset from src/ddlm/configs/NAME.yaml, or a path to a YAML file.
+
+    A file may build on another preset with a top-level `base: NAME` (a named preset, or a path relative to
+    the file): the base is loaded first and the file's sections set fields on top of it, field by field."""
     path = Path(name)
     if name.endswith((".yaml", ".yml")) and path.exists():
+        key = str(path.resolve())
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -251,7 +257,12 @@ def load_preset(name: str) -> RunConfig:
         if not res.is_file():
             raise UserError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())} "
                             "or give a path to a .yaml file")
+        key, path = f"preset:{name}", None
         text = res.read_text()
+    if key in _chain:
+        names = [c.removeprefix("preset:") for c in (*_chain, key)]
+        raise UserError(f"preset {name!r} builds on itself through `base:` ({' -> '.join(names)}); remove one "
+                        "of the base: lines")
     try:
         d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -261,7 +272,20 @@ def load_preset(name: str) -> RunConfig:
     if not isinstance(d, dict):
         raise UserError(f"preset {name!r} must be a YAML mapping of sections (model:, train:, ...), "
                         f"not a {type(d).__name__}")
-    return RunConfig.from_dict(d)
+    if "base" not in d:
+        return RunConfig.from_dict(d)
+    base = d.pop("base")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"base: in preset {name!r} must be a preset name or a .yaml path, got {base!r}")
+    if path is not None and base.endswith((".yaml", ".yml")) and not Path(base).is_absolute():
+        base = str(path.parent / base)  # relative to the file that names it
+    merged = load_preset(base, (*_chain, key)).to_dict()
+    for section, values in d.items():
+        if section in merged and isinstance(values, dict):
+            merged[section].update(values)
+        else:  # from_dict names the unknown section or the bad value
+            merged[section] = values
+    return RunConfig.from_dict(merged)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

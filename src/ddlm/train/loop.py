@@ -11,8 +11,10 @@ Exact resume: a checkpoint holds the model, EMA, optimiser, step (which fixes th
 the data position, since batches depend only on (seed, step)), the training-noise generator, the global
 RNG states and the number of log rows written so far. Work that is not training (exporting the EMA model,
 validation) runs under `torch.random.fork_rng`, so it never moves the RNG that dropout uses. On resume,
-log.csv is cut back to the rows written before the checkpoint, so a killed-and-resumed run has exactly the
-rows of an uninterrupted one (only the timing columns differ).
+log.csv is cut back to the rows of steps up to the checkpoint's (the final validation row of a finished run
+included), so a killed-and-resumed run has exactly the rows of an uninterrupted one; `elapsed_s` goes on from
+the time saved in the checkpoint (only tokens_per_s and elapsed_s differ). The run directory, its marker and
+what `--overwrite` may delete: rundir.py. Ctrl-C and the memory estimate: guard.py.
 
 Devices (train.device, see device.py): the weights are initialised on the CPU (the same initial weights on
 every device), then the model, its EMA and each batch live on the training device. A checkpoint and the
@@ -27,11 +29,9 @@ from a CPU run's in any case: the kernels round differently.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
-import shutil
-import signal
+import sys
 import time
 from pathlib import Path
 
@@ -42,55 +42,21 @@ from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
-from .device import backend_for, parse_device, resolve_device
+from .device import backend_for, resolve_device
 from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step, step_seed
+from .guard import SignalGuard, check_memory, validate_config
 from .optim import EMA, make_optimizer, set_lr
+from .rundir import CSVLog, check_run_dir, clear_run_dir, config_mismatch, write_marker
+
+FINAL_T_SAMPLES = 4  # t-samples of the final validation: enough passes for a 95% interval on the bound
 
 
 class TrainingStopped(UserError):
     """Training stopped early (NaN loss, interrupted): the last good checkpoint is kept."""
 
 
-def _in_range(name: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
-    """UserError unless lo <(=) value <(=) hi (NaN is never in range)."""
-    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
-                        f"got {value}")
-
-
-def validate_config(cfg: RunConfig) -> None:
-    """Every training setting checked before any work starts: a bad value is one line, never a traceback."""
-    t = cfg.train
-    for name in ("max_steps", "batch_size", "grad_accum", "eval_batches"):
-        if getattr(t, name) <= 0:
-            raise UserError(f"train.{name} must be positive, got {getattr(t, name)}")
-    for name in ("eval_every", "ckpt_every", "log_every", "warmup_steps", "threads"):
-        if getattr(t, name) < 0:
-            raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
-    if t.batch_size % t.grad_accum:
-        raise UserError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
-    if not (t.lr > 0 and math.isfinite(t.lr)):
-        raise UserError(f"train.lr must be a positive number, got {t.lr}")
-    _in_range("train.seed", t.seed, 0, 2**31 - 1)  # NumPy and torch generators take 32-bit seeds
-    _in_range("train.ema", t.ema, 0.0, 1.0, hi_open=True)
-    _in_range("train.beta2", t.beta2, 0.0, 1.0, hi_open=True)
-    _in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
-    _in_range("train.weight_decay", t.weight_decay, 0.0, math.inf, hi_open=True)
-    _in_range("train.grad_clip", t.grad_clip, 0.0, math.inf, hi_open=True)
-    parse_device(t.device)  # its form here; whether this machine has it, when the Trainer places the model
-    m = cfg.model
-    for name in ("n_layers", "d_model", "n_heads", "max_len"):
-        if getattr(m, name) <= 0:
-            raise UserError(f"model.{name} must be positive, got {getattr(m, name)}")
-    _in_range("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
-    _in_range("model.mlp_ratio", m.mlp_ratio, 0.0, 1024.0, lo_open=True)
-    if int(m.d_model * m.mlp_ratio) < 1:
-        raise UserError(f"model.mlp_ratio={m.mlp_ratio} leaves the MLP no hidden units; use e.g. 4")
-    sc = cfg.sample  # checked now so that a week of training does not end in a model that cannot sample
-    if sc.steps <= 0:
-        raise UserError(f"sample.steps must be positive, got {sc.steps}")
-    _in_range("sample.temperature", sc.temperature, 0.0, 100.0)
+class Interrupted(TrainingStopped):
+    """Stopped by Ctrl-C or SIGTERM after a checkpoint; the CLI exits with status 130."""
 
 
 def prepare_data(cfg: RunConfig, tokenizer=None):
@@ -130,19 +96,17 @@ class Trainer:
             from .distributed import check_batch
             check_batch(cfg.train.batch_size, cfg.train.grad_accum, world)
         self.device = _place(cfg.train.device, rank, world)
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"{self.out} is a file, not a run directory; choose another --out")
-        not_empty = not _resuming and self.out.exists() and any(self.out.iterdir())
+        # before any data preparation, so an impossible size fails at once
+        check_memory(cfg, self.device, world, warn=(lambda m: print(m, file=sys.stderr)) if rank == 0 else None)
+        clear = not _resuming and check_run_dir(self.out, overwrite=overwrite)  # on every rank: all stop together
         barrier()  # every rank has looked at the run directory before rank 0 clears or writes it
-        if not_empty:
-            if not overwrite:
-                raise UserError(f"run directory {self.out} is not empty; use --resume {self.out} to continue it "
-                                "or --overwrite to start again")
-            if rank == 0:
-                shutil.rmtree(self.out)
+        if clear and rank == 0:
+            clear_run_dir(self.out)  # only the entries an earlier run wrote
         if rank == 0:  # now, before minutes of data preparation, so a bad --out fails at once
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
+                if not _resuming:
+                    write_marker(self.out)
             except OSError as e:
                 raise UserError(f"cannot create run directory {self.out}: {e.strerror}; choose another --out") \
                     from None
@@ -172,6 +136,7 @@ class Trainer:
         # one saved stream on one CPU process; otherwise re-seeded from (seed, step, rank) at every step
         self.reseed_each_step = world > 1 or self.device.type != "cpu"
         self.step = 0
+        self.elapsed0 = 0.0  # seconds of training before this process: a resumed log's elapsed_s goes on
         self._logger = None
         if rank == 0:
             with _disk_errors(self.out):
@@ -183,13 +148,18 @@ class Trainer:
 
     # ---- resume ------------------------------------------------------------------------------------------
     @classmethod
-    def resume(cls, out, **kwargs) -> "Trainer":
-        from ..config import load_preset
+    def resume(cls, out, *, max_steps: int | None = None, **kwargs) -> "Trainer":
+        """Continue the run in `out` from its newest intact checkpoint. `max_steps` extends (or shortens, down to
+        the checkpoint's step) the run and is saved in its config.yaml; the warm-up + cosine learning-rate
+        schedule is a function of max_steps, so it is recomputed for the new total from the resumed step on."""
+        from ..config import apply_overrides, load_preset
 
         out = Path(out)
         if not (out / "config.yaml").is_file():
             raise UserError(f"{out} is not a run directory (no config.yaml); start a run with ddlm train --preset")
         cfg = load_preset(str(out / "config.yaml"))
+        if max_steps is not None:
+            cfg = apply_overrides(cfg, [f"train.max_steps={max_steps}"])
         trainer = cls(cfg, out, _resuming=True, **kwargs)
         state = load_latest(out, log=trainer.log)
         if state is None:
@@ -199,20 +169,35 @@ class Trainer:
                                 f"checksum); restore them, or delete {out}/checkpoints to resume from step 0")
             trainer.log(f"no complete checkpoint in {out} yet; starting from step 0")
         else:
+            differ = config_mismatch(state.get("config") or {}, cfg)
+            if differ:  # e.g. an mdlm checkpoint in an rdm-absorbing run: it would load and train on silently
+                raise UserError(f"the checkpoint in {out}/checkpoints does not fit {out}/config.yaml: "
+                                f"{'; '.join(differ)}; undo the edit of config.yaml, or start a new run")
+            if max_steps is not None and max_steps < state["step"]:
+                raise UserError(f"--max-steps {max_steps} is below the step of the checkpoint in {out} "
+                                f"({state['step']}); give at least {state['step']}")
             trainer.load_state(state)
             trainer.log(f"resuming {out} from step {trainer.step}")
         if trainer.rank == 0:
-            rows = state.get("log_rows") if state else 0  # None: a checkpoint from before log_rows; keep the log
-            if rows is not None:
-                _CSVLog.truncate(out / "log.csv", rows)
+            CSVLog.truncate(out / "log.csv", trainer.step)  # the rows of steps the checkpoint has seen
             remove_partial_writes(out)
+            if max_steps is not None:  # a later plain --resume continues to the new total
+                with _disk_errors(out):
+                    tmp = out / "config.yaml.tmp"
+                    cfg.save(tmp)
+                    os.replace(tmp, out / "config.yaml")
         return trainer
 
     def state(self) -> dict:
         return {"step": self.step, "model": self.backbone.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "noise": self.noise.get_state(),
                 "rng": rng_state(), "config": self.cfg.to_dict(),
-                "log_rows": self._logger.rows if self._logger else 0}
+                "log_rows": self._logger.rows if self._logger else 0, "elapsed_s": self._elapsed()}
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, over every process that worked on this run."""
+        t0 = getattr(self, "_t0", None)
+        return self.elapsed0 + (time.perf_counter() - t0 if t0 is not None else 0.0)
 
     def load_state(self, state: dict) -> None:
         try:
@@ -221,6 +206,7 @@ class Trainer:
             if self.ema and state["ema"] is not None:
                 self.ema.load_state_dict(state["ema"])
             self.step = state["step"]
+            self.elapsed0 = float(state.get("elapsed_s", 0.0))  # absent in checkpoints of older versions
             if state["noise"].numel() == self.noise.get_state().numel():
                 self.noise.set_state(state["noise"])
             elif not self.reseed_each_step:  # written by a run on another device: its generator does not fit
@@ -236,83 +222,102 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> SequenceModel:
         cfg = self.cfg.train
-        objective = self.model.family.objective
-        interrupted = []
-        handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):  # on every rank: torchrun passes a Ctrl-C on to each worker
-            try:
-                handlers[sig] = signal.signal(sig, lambda s, f: interrupted.append(s))
-            except ValueError:  # not the main thread
-                pass
-        stopped = False
+        stop_now = (f"ddlm train: stopped at once (second signal); the last complete checkpoint in "
+                    f"{self.out}/checkpoints is kept, continue with `ddlm train --resume {self.out}`")
+        guard = SignalGuard(stop_now if self.rank == 0 else "")
         bar = None
-        if self.progress and self.rank == 0:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", dynamic_ncols=True)
-        logger = self._logger = _CSVLog(self.out / "log.csv") if self.rank == 0 else None
-        t0, tokens = time.perf_counter(), 0
-        self.backbone.train()
+        if self.rank == 0:
+            self.log(self._start_line())
+            if self.progress and sys.stderr.isatty():  # a bar in a terminal; plain lines in a log file
+                from tqdm import tqdm
+                bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", dynamic_ncols=True)
+        self._t0 = time.perf_counter()
         try:
-            while self.step < cfg.max_steps:
-                lr = set_lr(self.optimizer, self.step, cfg)
-                batch = self.batches.batch(self.step, self.rank, self.world).to(self.device)  # (B / world, L)
-                if self.reseed_each_step:  # noise of (seed, step, rank): a resume needs no generator state
-                    reseed_step(self.noise, cfg.seed, self.step, self.rank)
-                self.optimizer.zero_grad(set_to_none=True)
-                metrics = {}
-                chunks = batch.chunk(cfg.grad_accum)
-                for i, chunk in enumerate(chunks):  # gradient accumulation over micro-batches
-                    with no_sync(self.train_module, last=i == len(chunks) - 1):  # DDP: one all-reduce per step
-                        out = objective(self.train_module, chunk, self.noise)
-                        (out["loss"] / cfg.grad_accum).backward()
-                    for k, v in out.items():
-                        metrics[k] = metrics.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                # the norm is computed even without clipping (max_norm=inf scales by exactly 1): an infinite
-                # gradient with a finite loss would otherwise write NaN weights into the next checkpoint
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.backbone.parameters(),
-                                                           cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                for what, value in (("loss", metrics["loss"]), ("gradient norm", float(grad_norm))):
-                    if not math.isfinite(value):
-                        raise TrainingStopped(
-                            f"the {what} is not finite ({value}) at step {self.step}; training stopped before "
-                            f"the update, the last good checkpoint in {self.out}/checkpoints is kept (lower "
-                            f"train.lr or set train.grad_clip in {self.out}/config.yaml, then --resume)")
-                self.optimizer.step()
-                if self.ema:
-                    self.ema.update(self.backbone)
-                self.step += 1
-                tokens += batch.numel() * self.world
-                if self.world > 1 and (self._log_step(cfg) or self.step == cfg.max_steps):
-                    metrics = mean_over_ranks(metrics)  # every rank joins; rank 0 logs the global batch's loss
-                if self.rank == 0:
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.1e}")
-                    if self._log_step(cfg) or self.step == cfg.max_steps:
-                        elapsed = time.perf_counter() - t0
-                        logger.write(step=self.step, split="train", **metrics, lr=lr, grad_norm=float(grad_norm),
-                                     tokens_per_s=tokens / max(elapsed, 1e-9), elapsed_s=elapsed)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                        self._validate(logger, bar)
-                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                        self._checkpoint()
-                # all ranks stop after the same step (one tiny all-reduce), or the others would wait forever
-                stopped = any_rank(bool(interrupted)) if self.world > 1 else bool(interrupted)
-                if stopped:
-                    break
-            if self.rank == 0:
-                self._checkpoint()
-            if interrupted if self.world == 1 else stopped:
-                raise TrainingStopped(f"interrupted at step {self.step}; checkpoint written, continue with "
-                                      f"`ddlm train --resume {self.out}`")
-            if self.rank == 0:
-                self.final_metrics = self._validate(logger, bar)
+            with guard:
+                self._loop(cfg, guard.flag, bar)
         finally:
             if bar is not None:
                 bar.close()
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
         return self.export_model()
+
+    def _loop(self, cfg, interrupted: list, bar) -> None:
+        objective = self.model.family.objective
+        stopped = False
+        logger = self._logger = CSVLog(self.out / "log.csv") if self.rank == 0 else None
+        tokens = 0
+        self.backbone.train()
+        while self.step < cfg.max_steps:
+            lr = set_lr(self.optimizer, self.step, cfg)
+            batch = self.batches.batch(self.step, self.rank, self.world).to(self.device)  # (B / world, L)
+            if self.reseed_each_step:  # noise of (seed, step, rank): a resume needs no generator state
+                reseed_step(self.noise, cfg.seed, self.step, self.rank)
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics = {}
+            chunks = batch.chunk(cfg.grad_accum)
+            for i, chunk in enumerate(chunks):  # gradient accumulation over micro-batches
+                with no_sync(self.train_module, last=i == len(chunks) - 1):  # DDP: one all-reduce per step
+                    out = objective(self.train_module, chunk, self.noise)
+                    (out["loss"] / cfg.grad_accum).backward()
+                for k, v in out.items():
+                    metrics[k] = metrics.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            # the norm is computed even without clipping (max_norm=inf scales by exactly 1): an infinite
+            # gradient with a finite loss would otherwise write NaN weights into the next checkpoint
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.backbone.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            for what, value in (("loss", metrics["loss"]), ("gradient norm", float(grad_norm))):
+                if not math.isfinite(value):
+                    raise TrainingStopped(
+                        f"the {what} is not finite ({value}) at step {self.step}; training stopped before "
+                        f"the update, the last good checkpoint in {self.out}/checkpoints is kept (lower "
+                        f"train.lr or set train.grad_clip in {self.out}/config.yaml, then --resume)")
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.backbone)
+            self.step += 1
+            tokens += batch.numel() * self.world
+            if self.world > 1 and (self._log_step(cfg) or self.step == cfg.max_steps):
+                metrics = mean_over_ranks(metrics)  # every rank joins; rank 0 logs the global batch's loss
+            if self.rank == 0:
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.1e}")
+                if self._log_step(cfg) or self.step == cfg.max_steps:
+                    speed = tokens / max(time.perf_counter() - self._t0, 1e-9)  # this process's tokens/s
+                    logger.write(step=self.step, split="train", **metrics, lr=lr, grad_norm=float(grad_norm),
+                                 tokens_per_s=speed, elapsed_s=self._elapsed())
+                    if self.progress and bar is None:
+                        self.log(f"step {self.step}/{cfg.max_steps}: loss {metrics['loss']:.4f}, lr {lr:.2e}, "
+                                 f"{speed:,.0f} tokens/s")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    self._validate(logger, bar)
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                    self._checkpoint()
+            # all ranks stop after the same step (one tiny all-reduce), or the others would wait forever
+            stopped = any_rank(bool(interrupted)) if self.world > 1 else bool(interrupted)
+            if stopped:
+                break
+        if self.rank == 0:
+            self._checkpoint()
+        if interrupted if self.world == 1 else stopped:
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint written, continue with "
+                              f"`ddlm train --resume {self.out}`")
+        if self.rank == 0:
+            # a finished run that is resumed already has its final validation row: recompute, do not repeat it
+            done = logger.last is not None and logger.last["split"] == "val" and logger.last["step"] == str(self.step)
+            self.final_metrics = self._validate(logger if not done else None, bar, t_samples=FINAL_T_SAMPLES)
+
+    def _start_line(self) -> str:
+        """One line that says what is about to be trained, on what, and for how long."""
+        cfg, n = self.cfg, self.backbone.n_params()
+        threads = torch.get_num_threads()
+        blocks = getattr(self.batches, "blocks", None)
+        corpus = (f"corpus {blocks.numel():,} tokens" if blocks is not None else "generated data") + \
+            f" (+ {self.val_blocks.numel():,} validation)"
+        steps = (f"steps {self.step} -> {cfg.train.max_steps}" if self.step else f"{cfg.train.max_steps} steps")
+        return (f"training {self.model.family.name}: {n / 1e6:.2f}M parameters, {self.device}"
+                f"{f' x {self.world} processes' if self.world > 1 else ''}, {threads} thread"
+                f"{'s' if threads != 1 else ''}, {corpus}, {steps} of {cfg.train.batch_size} x "
+                f"{cfg.model.max_len} tokens")
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.out, self.state())  # tensors on the CPU (save_checkpoint moves them)
@@ -334,19 +339,22 @@ class Trainer:
         """A training row is logged every train.log_every steps (0: only the last step's)."""
         return bool(cfg.log_every) and self.step % cfg.log_every == 0
 
-    def _validate(self, logger, bar) -> dict:
+    def _validate(self, logger, bar, t_samples: int = 1) -> dict:
         gpus = [self.device.index] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=gpus):  # validation must not move the training RNG
-            return self._validate_unforked(logger, bar)
+            return self._validate_unforked(logger, bar, t_samples)
 
-    def _validate_unforked(self, logger, bar) -> dict:
+    def _validate_unforked(self, logger, bar, t_samples: int) -> dict:
+        """Validation bound on the first eval_batches * batch_size validation blocks; a row in `logger` (if
+        given). The final validation averages several t-samples, for a 95% interval (metrics["ci95"])."""
         from ..eval.elbo import evaluate_nll
 
         model = self.export_model()
         n = self.cfg.train.eval_batches * self.cfg.train.batch_size
-        metrics = evaluate_nll(model, self.val_blocks, batch_size=self.cfg.train.batch_size, t_samples=1,
+        metrics = evaluate_nll(model, self.val_blocks, batch_size=self.cfg.train.batch_size, t_samples=t_samples,
                                seed=1234, max_blocks=n)
-        logger.write(step=self.step, split="val", nelbo=metrics["nll"], bpc=metrics["bpc"])
+        if logger is not None:
+            logger.write(step=self.step, split="val", nelbo=metrics["nll"], bpc=metrics["bpc"])
         msg = f"step {self.step}: validation {metrics['nll']:.4f} nats/token, {metrics['bpc']:.4f} bpc"
         (bar.write if bar is not None else self.log)(msg)
         return metrics
@@ -394,40 +402,3 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-
-
-class _CSVLog:
-    FIELDS = ["step", "split", "loss", "nelbo", "masked_ce", "bpc", "lr", "grad_norm", "tokens_per_s",
-              "elapsed_s"]
-
-    def __init__(self, path: Path):
-        self.path = path
-        if not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(self.FIELDS)
-        with open(path, newline="") as f:
-            self.rows = max(sum(1 for _ in csv.reader(f)) - 1, 0)  # data rows, without the header
-
-    def write(self, **row) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.FIELDS])
-        self.rows += 1
-
-    @classmethod
-    def truncate(cls, path: Path, rows: int) -> None:
-        """Keep the header and the first `rows` data rows (those written before the resumed checkpoint)."""
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            lines = f.read().splitlines(keepends=True)[1: rows + 1]
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # a row cut short by a kill
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerow(cls.FIELDS)  # the header too may have been cut short
-            f.write("".join(lines))
-        os.replace(tmp, path)
-
-
-def _fmt(v):
-    return f"{v:.6g}" if isinstance(v, float) else v
