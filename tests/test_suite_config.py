@@ -18,3 +18,15 @@ def test_a_run_lists_its_skipped_tests_and_why(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     summary = p.stdout[p.stdout.index("short test summary info"):]
     assert "SKIPPED [1]" in summary and "a reason worth reading" in summary
+
+
+def test_nothing_outside_the_tests_points_outside_the_repository():
+    import re
+
+    # a folder beside or above the checkout (only the tests may look for ../shared, where CI puts the test sets)
+    outside = re.compile(r"\.\./shared|/work/|\.parent\s*/\s*[\"']shared[\"']|\.\.[/\\]\.\.[/\\]")
+    files = [*REPO.glob("src/ddlm/**/*.py"), *REPO.glob("benchmarks/*.py"), *REPO.glob("*.md"),
+             *REPO.glob("models/*/README.md"), REPO / "Makefile"]
+    found = [f"{f.relative_to(REPO)}:{n}: {line.strip()}" for f in files if f.is_file()
+             for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if outside.search(line)]
+    assert len(files) > 20 and not found, "\n".join(found)
