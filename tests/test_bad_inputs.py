@@ -137,8 +137,8 @@ CASES = [
     ("override-grid", lambda r: _train(r, "model.positions=grid", "model.grid=[9]"), ["model.grid"]),
     ("override-val-fraction", lambda r: _train(r, "data.val_fraction=0.9"), ["data.val_fraction"]),
     ("resume-with-overrides", lambda r: ["train", "--resume", str(r / "run"), "train.lr=1"], ["--resume"]),
-    ("resume-with-max-steps", lambda r: ["train", "--resume", str(r / "run"), "--max-steps", "9"],
-     ["--max-steps", "config.yaml"]),
+    ("resume-with-batch-size", lambda r: ["train", "--resume", str(r / "run"), "--batch-size", "9"],
+     ["--batch-size", "config.yaml"]),  # --max-steps may extend a run (tests/test_resume.py)
     # preset files
     ("preset-not-a-mapping", lambda r: ["train", "--preset", str(r / "list.yaml")], ["YAML mapping"]),
     ("preset-bad-yaml", lambda r: ["train", "--preset", str(r / "broken.yaml")], ["not valid YAML", "line 2"]),
@@ -151,7 +151,7 @@ CASES = [
     ("out-under-a-file", lambda r: _train(r)[:4] + [str(r / "short.txt" / "x")] + _train(r)[5:],
      ["cannot create run directory"]),
     ("resume-config-edited", lambda r: ["train", "--resume", str(r / "edited"), "--quiet"],
-     ["does not fit", "config.yaml", "size mismatch"]),
+     ["does not fit", "config.yaml", "model.d_model: 16 (checkpoint) vs 32 (config.yaml)"]),
     ("out-not-empty", lambda r: ["train", "--preset", "tiny", "--out", str(r / "run"), "--quiet"],
      ["not empty", "--resume", "--overwrite"]),
     ("sample-not-a-model", lambda r: ["sample", str(r / "notrun")], ["not a ddlm model directory"]),
