@@ -301,3 +301,77 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monke
 def test_resume_of_a_non_run_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         Trainer.resume(tmp_path)
+
+
+# ---- the log of a resumed run -----------------------------------------------------------------------------
+def _rows(run) -> list[dict]:
+    import csv
+
+    with open(Path(run) / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _SignalAt:
+    """A batch source that sends this process SIGINT when `step`'s batch is asked for (inside the loop)."""
+
+    def __init__(self, batches, step: int):
+        self.batches, self.step = batches, step
+
+    def batch(self, step, rank=0, world=1):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.batches.batch(step, rank, world)
+
+
+def test_interrupted_and_resumed_log_is_the_uninterrupted_log_with_elapsed_going_on(tmp_path):
+    from ddlm.train.loop import Interrupted
+
+    overrides = [*OVERRIDES, "train.ckpt_every=4"]
+    cfg = apply_overrides(load_preset("tiny"), overrides)
+    Trainer(cfg, tmp_path / "ref", progress=False, log=lambda *a: None).run()
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run, progress=False, log=lambda *a: None)
+    trainer.batches = _SignalAt(trainer.batches, step=9)  # stops after step 10 (a validation step)
+    with pytest.raises(Interrupted, match="interrupted at step 10"):
+        trainer.run()
+    before = _rows(run)
+    assert before[-1]["step"] == "10" and before[-1]["split"] == "val"
+    saved = load_latest(run)["elapsed_s"]
+    assert saved >= float(before[-2]["elapsed_s"]) > 0
+    Trainer.resume(run, progress=False, log=lambda *a: None).run()
+    assert _log_rows(run) == _log_rows(tmp_path / "ref")  # row for row, all but the timing columns
+    rows = _rows(run)
+    assert rows[-1]["split"] == "val" and rows[-1]["step"] == "16"  # the final validation row is there
+    elapsed = [float(r["elapsed_s"]) for r in rows if r["split"] == "train"]
+    assert elapsed == sorted(elapsed) and len(set(elapsed)) == len(elapsed)  # goes on after the resume
+    assert float(rows[len(before)]["elapsed_s"]) > saved  # the first row written after the resume
+
+
+def test_resume_max_steps_extends_a_finished_run(tmp_path, capsys):
+    from ddlm.train.optim import lr_factor
+
+    run = tmp_path / "run"
+    extra = ["train.max_steps=6", "train.ckpt_every=3", "train.eval_every=0"]
+    assert _train(run, *extra) == 0
+    six = _rows(run)
+    assert [(r["step"], r["split"]) for r in six][-2:] == [("6", "train"), ("6", "val")]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "10", "--quiet"]) == 0
+    assert "trained 10 steps" in capsys.readouterr().out
+    assert load_latest(run)["step"] == 10
+    cfg = load_preset(str(run / "config.yaml"))
+    assert cfg.train.max_steps == 10  # a later plain --resume continues to the new total
+    rows = _rows(run)
+    assert rows[: len(six)] == six  # the finished run's rows, its final validation included, are kept
+    assert [(r["step"], r["split"]) for r in rows[len(six):]] == [("8", "train"), ("10", "train"), ("10", "val")]
+    # the schedule is recomputed for the new total: the learning rate of step 8 (index 7) is the new one's
+    assert float(rows[len(six)]["lr"]) == pytest.approx(cfg.train.lr * lr_factor(7, cfg.train), rel=1e-5)
+    elapsed = [float(r["elapsed_s"]) for r in rows if r["split"] == "train"]
+    assert elapsed == sorted(elapsed)
+    # resuming a finished run again trains nothing and does not repeat its final validation row
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert _rows(run) == rows
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-steps 4" in err and "(10)" in err
