@@ -76,7 +76,11 @@ def cmd_solve(args) -> int:
     return 0 if solved else 1
 
 
+MAX_GENERATE = 1_000_000  # puzzles per `sudoku generate` call: already about 14 hours of work
+
+
 def cmd_generate(args) -> int:
+    """`ddlm sudoku generate --n N --givens K [--seed S] [--out FILE.csv] [--force]`."""
     import os
     import sys
     import time
@@ -86,6 +90,11 @@ def cmd_generate(args) -> int:
     from .data.sudoku import format_csv
     from .data.sudoku_generate import make_puzzles
 
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.n > MAX_GENERATE:
+        raise UserError(f"--n {args.n} is more than {MAX_GENERATE:,} puzzles (at ~50 ms each, "
+                        f"{args.n * 0.05 / 3600:,.0f} hours); write several files with different --seed values")
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.is_dir():
