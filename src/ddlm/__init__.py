@@ -6,12 +6,27 @@
     print(model.generate(n=2).texts)
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .config import (DataConfig, ModelConfig, ProcessConfig, RunConfig, SampleConfig, TrainConfig,
                      apply_overrides, load_preset, preset_names)
 from .errors import UserError
-from .pipeline import SequenceModel
+
+if TYPE_CHECKING:
+    from .pipeline import SequenceModel
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # torch and the models load on first use, so that `import ddlm.cli` (the `ddlm` command, --help,
+    # --version) starts fast and a Ctrl-C during start-up reaches the command's handler
+    if name == "SequenceModel":
+        from .pipeline import SequenceModel
+        return SequenceModel
+    raise AttributeError(f"module 'ddlm' has no attribute {name!r}")
 
 
 def fit(cfg: RunConfig, out, *, overwrite: bool = False, progress: bool = True) -> SequenceModel:

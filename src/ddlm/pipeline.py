@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -20,6 +23,10 @@ from .sampling.blockwise import PrefixKVBackbone, check_kv_refresh, sample_block
 from .sampling.loop import SampleOutput, sample_masked
 
 
+DEFAULT_BATCH_SIZE = 64  # samples per network batch: bounds the (batch, L, V) logits, and small batches run well
+TOKEN_BYTES = 8  # a sampled token id (int64)
+TEXT_BYTES = 8  # about what a decoded token costs in the Python strings of `texts` (a char or a few, overhead)
+PROCESS_BETAS = "ddlm_process.betas"  # the betas (T,) of a D3PM process in model.safetensors
 COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in dynamo's "eager" to skip C++ builds
 
 
@@ -42,7 +49,13 @@ class SequenceModel(torch.nn.Module):
 
     # ---- save / load -------------------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
-        save_state(directory, {"config": self.cfg.to_dict()}, self.backbone.state_dict(), self.tokenizer)
+        """config.json, model.safetensors (the backbone's weights, and a D3PM process's betas under
+        PROCESS_BETAS so that loading need not solve its schedule again) and tokenizer.json."""
+        meta, state = {"config": self.cfg.to_dict()}, dict(self.backbone.state_dict())
+        if hasattr(self.process, "schedule_key"):
+            meta["process_betas_key"] = self.process.schedule_key()
+            state[PROCESS_BETAS] = self.process.betas
+        save_state(directory, meta, state, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory, map_location: str = "cpu") -> "SequenceModel":
@@ -58,6 +71,11 @@ class SequenceModel(torch.nn.Module):
             raise UserError(f"run {directory} has checkpoints but no exported model yet; "
                             f"resume it with `ddlm train --resume {directory}` to finish or export it")
         meta, state = load_state(directory)
+        betas = state.pop(PROCESS_BETAS, None)
+        if betas is not None and isinstance(meta.get("process_betas_key"), str):
+            from .processes.d3pm import remember_betas
+
+            remember_betas(meta["process_betas_key"], betas)  # used only by a process with that exact key
         model = cls(RunConfig.from_dict(meta["config"]), load_tokenizer(directory))
         load_weights(model.backbone, state, directory)
         return model.to(map_location).eval()
@@ -72,13 +90,20 @@ class SequenceModel(torch.nn.Module):
     # ---- sampling ----------------------------------------------------------------------------------------
     def generate(self, n: int = 1, length: int | None = None, steps: int | None = None, *,
                  sampler: str | None = None, planner: str | None = None, temperature: float | None = None,
-                 prompt: str | None = None, fixed: torch.Tensor | None = None,
-                 fixed_mask: torch.Tensor | None = None, stride: int | None = None, seed: int | None = None,
-                 kv_cache: bool = False, kv_refresh: int = 0, compile: bool = False, progress: bool = False,
+                 prompt: str | None = None, fixed=None, fixed_mask=None, stride: int | None = None,
+                 seed: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, kv_cache: bool = False,
+                 kv_refresh: int = 0, compile: bool = False, progress: bool = False,
                  decode: bool = True) -> SampleOutput:
-        """Sample n sequences. `prompt` fixes a text prefix; `fixed` (L,) or (n, L) tokens with `fixed_mask`
-        fixes any positions (infilling). Lengths beyond the context are generated in sliding blocks
-        (`stride` new tokens per block, half the context by default).
+        """Sample n sequences, `batch_size` at a time (one generator runs through the batches, so a seed
+        reproduces a sample at the same batch size). Random unless `seed` is given; `out.seed` is the seed used.
+
+        prompt: a text prefix. fixed: token ids (L,) shared by every sample, or (n, L) one row per sample, with
+        fixed_mask of the same shape (True = keep this token); without fixed_mask, entries < 0 mark the free
+        positions (fixed=[5, -1, -1, 7]). A prompt and fixed positions combine (they must agree where both fix
+        a position). length defaults to fixed's length, else the context. Lengths beyond the context are
+        generated in sliding blocks (`stride` new tokens per block, half the context by default).
+        steps are capped at the number of positions left to decode (per block) for the families that decode
+        positions (mdlm, rdm-*, d3pm-absorbing): more steps would only add network calls that decode nothing.
 
         kv_cache (masked diffusion only): in each sliding block after the first, the finished prefix goes
         through the network once (the block's first step) and its keys/values are reused by the later steps,
@@ -90,45 +115,105 @@ class SequenceModel(torch.nn.Module):
         the compilation, tens of seconds on a CPU). It paid 1.14x and 1.31x (two runs) for ancestral sampling at
         8 x 128 x 128 on a 2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by
         default."""
+        req = self._request(n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride,
+                            seed, batch_size, kv_cache, kv_refresh, decode, keep_all=True)
+        parts = list(self._batches(req, compile, progress, decode))
+        out = SampleOutput(torch.cat([p.tokens for p in parts]), sum(p.nfe for p in parts),
+                           sum(p.row_evals for p in parts), sum(p.seconds for p in parts))
+        out.texts = [t for p in parts for t in p.texts] if decode else None
+        out.seed = req["seed"]
+        return out
+
+    def iter_generate(self, n: int = 1, length: int | None = None, steps: int | None = None, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE, compile: bool = False, progress: bool = False,
+                      decode: bool = True, **options) -> Iterator[SampleOutput]:
+        """`generate` one batch at a time: yields a SampleOutput per batch of at most `batch_size` samples
+        (same options, same samples as `generate` with the same seed and batch size), so that a caller can
+        write samples out as they come and never hold all of them."""
+        known = {"sampler", "planner", "temperature", "prompt", "fixed", "fixed_mask", "stride", "seed",
+                 "kv_cache", "kv_refresh"}
+        if set(options) - known:
+            raise TypeError(f"iter_generate() got unexpected keyword arguments {sorted(set(options) - known)}")
+        o = {k: options.get(k) for k in known}
+        req = self._request(n, length, steps, o["sampler"], o["planner"], o["temperature"], o["prompt"],
+                            o["fixed"], o["fixed_mask"], o["stride"], o["seed"], batch_size, bool(o["kv_cache"]),
+                            o["kv_refresh"] or 0, decode, keep_all=False)
+        yield from self._batches(req, compile, progress, decode)
+
+    def _request(self, n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride, seed,
+                 batch_size, kv_cache, kv_refresh, decode, keep_all) -> dict:
+        """Every argument checked once, before any sampling: a mistake is a one-line UserError."""
         from .sampling import options as sampling_options
 
+        _check_count(n, "n (the number of samples)")
+        _check_count(batch_size, "batch_size")
+        if length is not None:
+            _check_count(length, "length")
         sc = self.cfg.sample
-        length = length or self.cfg.model.max_len
-        steps = steps if steps is not None else sc.steps
-        sampler = sampler or sc.sampler
-        temperature = sc.temperature if temperature is None else temperature
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(torch.seed() if seed is None else seed)
-        fixed, fixed_mask = self._fixed_positions(length, prompt, fixed, fixed_mask)
+        fixed, fixed_mask, length = self._fixed_positions(n, length, prompt, fixed, fixed_mask)
+        context = self.cfg.model.max_len
+        if length > context and self.cfg.model.positions == "grid":
+            raise UserError(f"a grid model generates exactly {context} tokens; got length {length}")
         self._check_kv_cache(kv_cache, kv_refresh)
+        check_memory(n if keep_all else 0, length, min(batch_size, n), min(length, context),
+                     self.process.n_states, decode)
+        steps = steps if steps is not None else sc.steps
+        _check_count(steps, "steps")
+        temperature = sc.temperature if temperature is None else temperature
+        opts = sampling_options(self.family, sampler or sc.sampler, planner or sc.planner, steps, temperature)
+        return {"n": n, "length": length, "fixed": fixed, "fixed_mask": fixed_mask, "stride": stride,
+                "seed": draw_seed() if seed is None else _check_seed(seed), "batch_size": batch_size,
+                "kv_cache": kv_cache, "kv_refresh": kv_refresh, "opts": opts}
+
+    def _batches(self, req, compile, progress, decode) -> Iterator[SampleOutput]:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(req["seed"])
         was_training = self.backbone.training
         self.backbone.eval()
         backbone = self._compiled_backbone() if compile else self.backbone
+        n, size = req["n"], req["batch_size"]
         try:
-            opts = sampling_options(self.family, sampler, planner or sc.planner, steps, temperature)
-            if self.family.causal:
-                prompt_ids = None if fixed is None else fixed[0, : int(fixed_mask[0].sum())]
-                out = self.family.sample(backbone, self.process, n, length, prompt=prompt_ids,
-                                         generator=generator, progress=progress, **opts)
-            else:
-                def window(n_, length_, fixed_, mask_, prefix=0):
-                    net = backbone
-                    if kv_cache and prefix:
-                        net = PrefixKVBackbone(backbone, prefix, n_, kv_refresh)
-                    return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
-                                              fixed_mask=mask_, generator=generator, progress=progress, **opts)
-                context = self.cfg.model.max_len
-                if length <= context:
-                    out = window(n, length, fixed, fixed_mask)
-                else:
-                    if self.cfg.model.positions == "grid":
-                        raise UserError(f"a grid model generates exactly {context} tokens; got length {length}")
-                    out = sample_blockwise(window, n, length, context, stride or context // 2, fixed, fixed_mask)
+            for start in range(0, n, size):
+                b = min(size, n - start)
+                fixed, mask = req["fixed"], req["fixed_mask"]
+                if fixed is not None and fixed.shape[0] > 1:  # one row per sample: this batch's rows
+                    fixed, mask = fixed[start: start + b], mask[start: start + b]
+                out = self._sample_batch(backbone, b, req, fixed, mask, generator, progress)
+                out.seed = req["seed"]
+                if decode:
+                    out.texts = [self.decode(row) for row in out.tokens]
+                yield out
         finally:
             self.backbone.train(was_training)
-        if decode:
-            out.texts = [self.decode(row) for row in out.tokens]
-        return out
+
+    def _sample_batch(self, backbone, n, req, fixed, fixed_mask, generator, progress) -> SampleOutput:
+        """b samples: fixed / fixed_mask (1 or b, L) or None."""
+        length, opts, kv_cache, kv_refresh = req["length"], req["opts"], req["kv_cache"], req["kv_refresh"]
+        if self.family.causal:
+            prompt_ids = None
+            if fixed is not None:
+                prompt_ids = fixed[:, : int(fixed_mask[0].sum())]  # (1 or b, P): a prefix (checked)
+                if (prompt_ids == prompt_ids[:1]).all():
+                    prompt_ids = prompt_ids[0]
+            return self.family.sample(backbone, self.process, n, length, prompt=prompt_ids,
+                                      generator=generator, progress=progress, **opts)
+        decodes_positions = _decodes_positions(self.process)
+
+        def window(n_, length_, fixed_, mask_, prefix=0):
+            net = backbone
+            if kv_cache and prefix:
+                net = PrefixKVBackbone(backbone, prefix, n_, kv_refresh)
+            o = dict(opts)
+            if decodes_positions and "steps" in o:  # a step that can decode nothing is a wasted network call
+                todo = length_ if mask_ is None else int((~mask_.bool()).sum(-1).max())
+                o["steps"] = max(1, min(o["steps"], todo))
+            return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
+                                      fixed_mask=mask_, generator=generator, progress=progress, **o)
+        context = self.cfg.model.max_len
+        if length <= context:
+            return window(n, length, fixed, fixed_mask)
+        stride = req["stride"] or context // 2
+        return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask)
 
     def _compiled_backbone(self):
         """torch.compile of the backbone, built on first use and kept outside the module tree (so it never
@@ -151,30 +236,127 @@ class SequenceModel(torch.nn.Module):
             raise UserError(f"the prefix KV cache works with the masked-diffusion sampler (mdlm); the "
                             f"{self.family.name} family samples with its own loop; drop kv_cache (--kv-cache)")
 
-    def _fixed_positions(self, length, prompt, fixed, fixed_mask):
+    def _fixed_positions(self, n, length, prompt, fixed, fixed_mask):
+        """-> fixed (1 or n, L) long, fixed_mask (1 or n, L) bool (or None, None), and the length L."""
+        if fixed is None and fixed_mask is not None:
+            raise UserError("fixed_mask was given without fixed; pass the tokens too (fixed=...)")
+        if fixed is not None:
+            fixed = _as_tensor(fixed, "fixed")
+            if fixed.dtype == torch.bool or fixed.is_floating_point() or fixed.is_complex():
+                raise UserError(f"fixed must hold integer token ids, got dtype {fixed.dtype}")
+            if fixed_mask is None:
+                fixed_mask = fixed >= 0  # entries < 0 (e.g. -1) mark the positions to generate
+            else:
+                fixed_mask = _as_tensor(fixed_mask, "fixed_mask")
+                if fixed_mask.dtype != torch.bool and not bool(((fixed_mask == 0) | (fixed_mask == 1)).all()):
+                    raise UserError("fixed_mask must be booleans (True = keep the token of fixed), or 0/1")
+                fixed_mask = fixed_mask.bool()
+            fixed, fixed_mask = _rows(fixed, "fixed", n), _rows(fixed_mask, "fixed_mask", n)
+            if fixed.shape[1] != fixed_mask.shape[1]:
+                raise UserError(f"fixed has {fixed.shape[1]} positions but fixed_mask has {fixed_mask.shape[1]}; "
+                                "give both the same length")
+            if length is not None and length != fixed.shape[1]:
+                raise UserError(f"fixed has {fixed.shape[1]} positions but length is {length}; drop length "
+                                "(it is taken from fixed) or give fixed of that length")
+            length = fixed.shape[1]
+            rows = max(fixed.shape[0], fixed_mask.shape[0])
+            fixed_mask = fixed_mask.expand(rows, length).clone()
+            # free positions hold a placeholder 0 (the samplers never read them)
+            fixed = torch.where(fixed_mask, fixed.long().expand(rows, length), torch.zeros((), dtype=torch.long))
+        length = length or self.cfg.model.max_len
         if prompt:
+            if not isinstance(prompt, str):
+                raise UserError(f"prompt must be a text (str), got {type(prompt).__name__}; use fixed= for token ids")
             ids = self.encode(prompt)
             if len(ids) > length:
                 raise UserError(f"the prompt has {len(ids)} tokens but the length is {length}; "
                                 "use a longer --length or a shorter prompt")
-            fixed = torch.zeros(1, length, dtype=torch.long)
-            fixed_mask = torch.zeros(1, length, dtype=torch.bool)
-            fixed[0, : len(ids)] = ids
-            fixed_mask[0, : len(ids)] = True
-            return fixed, fixed_mask
+            if fixed is None:
+                fixed = torch.zeros(1, length, dtype=torch.long)
+                fixed_mask = torch.zeros(1, length, dtype=torch.bool)
+            P = len(ids)
+            clash = fixed_mask[:, :P] & (fixed[:, :P] != ids)  # (rows, P)
+            if clash.any():
+                row, pos = (int(i) for i in clash.nonzero()[0])
+                raise UserError(f"the prompt and fixed disagree at position {pos} (prompt token {int(ids[pos])}, "
+                                f"fixed token {int(fixed[row, pos])}); free that position in fixed_mask or "
+                                "change the prompt")
+            fixed[:, :P], fixed_mask[:, :P] = ids, True
         if fixed is None:
-            return None, None
-        fixed, fixed_mask = torch.as_tensor(fixed).long(), torch.as_tensor(fixed_mask).bool()
-        if fixed.dim() == 1:
-            fixed, fixed_mask = fixed[None], fixed_mask[None]
-        if fixed.shape[-1] != length or fixed_mask.shape != fixed.shape:
-            raise UserError(f"fixed tokens {tuple(fixed.shape)} and fixed_mask {tuple(fixed_mask.shape)} must "
-                            f"both have the sequence length {length} as their last dimension")
+            return None, None, length
         if self.family.causal and not _is_prefix(fixed_mask):
             raise UserError("an autoregressive model can only continue a prefix; use a diffusion model to infill")
-        if ((fixed[fixed_mask] < 0) | (fixed[fixed_mask] >= self.tokenizer.vocab_size)).any():
+        given = fixed[fixed_mask]
+        if ((given < 0) | (given >= self.tokenizer.vocab_size)).any():
             raise UserError(f"fixed tokens must be in 0..{self.tokenizer.vocab_size - 1}")
-        return fixed, fixed_mask
+        return fixed, fixed_mask, length
+
+
+def _decodes_positions(process) -> bool:
+    """Families whose sampler turns noisy positions into final tokens one way (absorbing [MASK], or RDM's
+    routing): with more steps than positions some steps decode nothing."""
+    from .objectives.rdm import RDMProcess
+
+    return getattr(process, "mask_id", None) is not None or isinstance(process, RDMProcess)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def check_memory(n_kept: int, length: int, batch: int, window: int, n_states: int, decode: bool) -> None:
+    """Refuse, with one line, a request whose result (n_kept x length tokens, and their texts) or whose
+    per-batch working memory (a few float32 (batch, window, n_states) tensors) cannot fit in half the memory."""
+    limit = memory_bytes() // 2
+    result = n_kept * length * (TOKEN_BYTES + (TEXT_BYTES if decode else 0))
+    if result > limit:
+        raise UserError(f"{n_kept} samples x {length} tokens need about {result / 2**30:.1f} GiB for the result, more "
+                        f"than half of this machine's {2 * limit / 2**30:.1f} GiB; ask for fewer samples (`ddlm "
+                        "sample` without --json writes them batch by batch and keeps none)")
+    work = 4 * batch * window * n_states * 4
+    if work > limit:
+        raise UserError(f"a batch of {batch} samples x {window} tokens needs about {work / 2**30:.1f} GiB of working "
+                        f"memory, more than half of this machine's {2 * limit / 2**30:.1f} GiB; use a smaller "
+                        "batch size (--batch-size)")
+
+
+def draw_seed() -> int:
+    """A fresh random seed in 0..2^31 - 1 (from the OS; the global torch generator is left alone)."""
+    return secrets.randbelow(2**31)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UserError(f"seed must be a whole number in 0..2^63 - 1, got {seed!r}")
+    return seed
+
+
+def _check_count(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} must be a positive whole number, got {value!r}")
+
+
+def _as_tensor(value, what: str) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(value).cpu()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{what} must be a tensor or a list of token ids ({str(e).splitlines()[0]})") from None
+    if t.dim() not in (1, 2) or t.shape[-1] == 0:
+        raise UserError(f"{what} must have shape (L,) or (n, L), got {tuple(t.shape)}")
+    return t
+
+
+def _rows(t: torch.Tensor, what: str, n: int) -> torch.Tensor:
+    """(L,) or (1 or n, L) -> (1 or n, L): one row shared by every sample, or one row per sample."""
+    t = t[None] if t.dim() == 1 else t
+    if t.shape[0] not in (1, n):
+        raise UserError(f"{what} has {t.shape[0]} rows but n is {n}; give one row (shared by every sample) or "
+                        f"{n} rows (one per sample)")
+    return t
 
 
 def _is_prefix(mask: torch.Tensor) -> bool:

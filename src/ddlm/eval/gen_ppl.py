@@ -153,20 +153,32 @@ def load_judge(spec: str | None):
 
 
 def score_texts(texts: list[str], judge) -> dict:
-    """Judge NLL per judge token and its perplexity over a list of texts."""
+    """Judge NLL per judge token, its perplexity, and a 95% interval over the texts.
+
+    judge_nll = r = sum_i a_i / sum_i n_i (a_i nats over n_i judge tokens of text i), a ratio estimate whose
+    variance (delta method) is sum_i (a_i - r n_i)^2 / (N (N - 1) nbar^2): judge_nll_ci95 = 1.96 x its square
+    root, and gen_ppl_ci95 = [exp(r - ci), exp(r + ci)]. Both are None for a single text."""
     scored = judge.nll(texts)
     total, n = sum(a for a, _ in scored), sum(b for _, b in scored)
     if n == 0:
         raise UserError("the samples are empty after decoding; nothing for the judge to score")
-    return {"judge_nll": total / n, "gen_ppl": math.exp(total / n), "judge_tokens": n}
+    r, N = total / n, len(scored)
+    ci = None
+    if N > 1:
+        nbar = n / N
+        var = sum((a - r * b) ** 2 for a, b in scored) / (N * (N - 1) * nbar ** 2)
+        ci = 1.96 * math.sqrt(var)
+    return {"judge_nll": r, "gen_ppl": math.exp(r), "judge_tokens": n, "judge_nll_ci95": ci,
+            "gen_ppl_ci95": None if ci is None else [math.exp(r - ci), math.exp(r + ci)]}
 
 
 def generative_perplexity(model, judge, *, n: int = 8, length: int | None = None, steps: int | None = None,
                           sampler: str | None = None, planner: str | None = None, seed: int = 0,
-                          progress: bool = False) -> dict:
-    """Sample n sequences from `model`, score them with `judge`; entropy of the model's own tokens beside it."""
+                          batch_size: int = 32, progress: bool = False) -> dict:
+    """Sample n sequences from `model` (batch_size at a time), score them with `judge`; entropy of the
+    model's own tokens beside it."""
     out = model.generate(n=n, length=length, steps=steps, sampler=sampler, planner=planner, seed=seed,
-                         progress=progress)
+                         batch_size=batch_size, progress=progress)
     result = score_texts(out.texts, judge)
     result.update(entropy=unigram_entropy(out.tokens), judge=judge.name, n_samples=n,
                   length=int(out.tokens.shape[1]), nfe=out.nfe, sample_seconds=out.seconds)

@@ -17,6 +17,8 @@ All probabilities are float64.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,15 @@ from .d3pm_schedules import (DTYPE, bisect_decreasing, entropy, get_d3pm_schedul
                              rank_one_mutual_information)
 
 TINY = torch.finfo(DTYPE).tiny
+
+# schedule key -> betas (T,) float64 that a saved model carries (SequenceModel.from_pretrained registers them):
+# the mutual-information schedule of a matrix process bisects (T, S, S) matrix functions, ~20 s at T = 1000
+KNOWN_BETAS: dict[str, torch.Tensor] = {}
+
+
+def remember_betas(key: str, betas: torch.Tensor) -> None:
+    """Let the next process whose `schedule_key()` is `key` take these betas instead of computing them."""
+    KNOWN_BETAS[key] = torch.as_tensor(betas, dtype=DTYPE).detach().cpu().clone()
 
 
 class D3PMProcess:
@@ -49,10 +60,25 @@ class D3PMProcess:
         self.schedule_kwargs = dict(schedule_kwargs or {})
         self._schedule_fn = get_d3pm_schedule(self.schedule)
 
+    def schedule_key(self) -> str:
+        """Everything the betas depend on: the class, V, T, the schedule and its options, and the structure
+        (the stationary vector m, the rate matrix R) through a digest. Equal keys give equal betas."""
+        digest = hashlib.sha256()
+        parts = {name: getattr(self, name, None) for name in ("m", "R")}
+        for name, value in [*parts.items(), *sorted(self.schedule_kwargs.items())]:
+            digest.update(name.encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().cpu().to(DTYPE).contiguous().numpy().tobytes())
+            else:
+                digest.update(repr(value).encode())
+        return f"{type(self).__name__}|V={self.vocab_size}|T={self.steps}|{self.schedule}|{digest.hexdigest()[:32]}"
+
     def _make_betas(self) -> None:
-        """Call from a subclass once its structure (m, R, ...) is set: the MI schedule needs it."""
+        """Call from a subclass once its structure (m, R, ...) is set: the MI schedule needs it. Betas that a
+        saved model carries (KNOWN_BETAS) are taken as they are."""
+        known = KNOWN_BETAS.get(self.schedule_key())
         try:
-            betas = self._schedule_fn(self.steps, self, **self.schedule_kwargs)
+            betas = known if known is not None else self._schedule_fn(self.steps, self, **self.schedule_kwargs)
         except TypeError as e:
             raise UserError(f"bad options for the {self.schedule} schedule: {e}") from None
         self.betas = torch.as_tensor(betas, dtype=DTYPE)  # (T,) betas[t - 1] = beta_t
