@@ -22,6 +22,7 @@ class SampleOutput:
     row_evals: int  # rows of the batch evaluated, summed over calls
     seconds: float
     texts: list | None = None
+    seed: int | None = None  # the generator's seed (SequenceModel.generate records it)
 
 
 class Denoiser:
