@@ -147,3 +147,26 @@ def test_benchmark_defaults_to_the_shipped_example_with_integer_counts(tmp_path,
     assert row["by_givens"] == {"28": [row["solved"], 5]}
     for key in ("n", "solved", "solved_first_try", "row_evals"):
         assert type(row[key]) is int, key
+
+
+def test_readme_sudoku_commands_use_only_what_a_fresh_clone_has():
+    import shlex
+
+    from ddlm.cli import build_parser
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Sudoku and decoding orders"):]
+    block = section[section.index("```bash") + 7: section.index("```", section.index("```bash") + 7)]
+    written = set()
+    for line in block.strip().splitlines():
+        argv = shlex.split(line, comments=True)
+        argv = [a for a in argv if not (a.startswith("[") or a.endswith("]"))]  # optional parts
+        if argv[0] == "ddlm":
+            build_parser().parse_args(argv[1:])  # every option exists (argparse exits otherwise)
+        for opt, value in zip(argv, argv[1:]):
+            if opt == "--out" and argv[:3] == ["ddlm", "sudoku", "generate"]:
+                written.add(value)
+            if opt == "--data":
+                assert value in written or (REPO / value).exists(), line  # made by an earlier line or committed
+        if argv[:2] == ["ddlm", "eval"]:
+            assert (REPO / argv[2]).is_dir(), line
