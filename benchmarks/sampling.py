@@ -1,6 +1,7 @@
 """NFE and wall time of ancestral vs cached sampling, and of confidence-threshold parallel decoding, side by side.
 
     python benchmarks/sampling.py [--model DIR] [--judge DIR|smollm2] [--repeats 3] [--json]
+    python benchmarks/sampling.py --model DIR --remask-only --judge AR_DIR [--remask-steps 128,256,512]
 
 Without --model, a randomly initialised model of the `quick` preset's shape is used: the network's cost
 does not depend on its weights, and the cache's savings depend only on how often tokens change, which for
@@ -19,6 +20,9 @@ Sliding blocks (--blocks): seconds per token of one row at 256, 512, 1024 and 20
 runs once per window, the other steps only the new block), their ratio 2048/256 and the KV speed-up; then
 the cost of the approximation: the NLL per token of samples of both (--judge, else the model's own NELBO)
 with their unigram entropy.
+
+Re-masking (--remask, --remask-only; sampling_remask.py): judge NLL and unigram entropy of ancestral vs each
+ReMDM schedule at 128, 256 and 512 steps, --samples x --length tokens per row, one seed for every row.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import ddlm  # noqa: E402
 from ddlm.data.tokenizers import CharTokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampling_remask import add_arguments, check_arguments, print_remask, remask_table  # noqa: E402
 
 SHAPES = [(1, 128, 1024), (8, 128, 128)]  # (batch, length, steps)
 # (name, planner or None for ancestral, planner options, steps): steps is the most the loop may take
@@ -202,8 +209,10 @@ def main(argv=None):
     p.add_argument("--blocks-quality-length", type=int, default=512, help="--blocks: sample length of the quality "
                    "check (default 512; 0 skips it)")
     p.add_argument("--blocks-quality-n", type=int, default=16, help="--blocks: samples per variant (default 16)")
+    add_arguments(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    check_arguments(p, args)
     if args.blocks_only:
         args.blocks = args.no_parallel = True
     if args.threads:
@@ -244,11 +253,13 @@ def main(argv=None):
                                         "scored_from": model.cfg.model.max_len,
                                         "scorer": judge.name if judge else "the model's own NELBO (upper bound)",
                                         **q}
+    if args.remask:
+        result["remask"] = remask_table(model, args, judge)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"machine: {result['machine']}; model {model.backbone.n_params() / 1e6:.2f}M parameters; "
-          f"median of {args.repeats}")
+    print(f"machine: {result['machine']}; model {model.backbone.n_params() / 1e6:.2f}M parameters"
+          + ("" if args.remask_only and not args.blocks and not args.compile else f"; median of {args.repeats}"))
     if rows:
         print(f"{'batch x length x steps':24s} {'ancestral NFE':>14s} {'time s':>8s} {'cached NFE':>11s} "
               f"{'time s':>8s} {'speed-up':>9s}")
@@ -283,6 +294,8 @@ def main(argv=None):
                     diff = f"  paired - plain {q[n]['nll_minus_plain']:+.4f} +- {q[n]['nll_minus_plain_se']:.4f}"
                 print(f"  {n:16s} NLL {q[n]['nll']:.4f} +- {q[n]['nll_se']:.4f}{diff}  "
                       f"unigram entropy {q[n]['entropy']:.4f} nats")
+    if "remask" in result:
+        print_remask(result["remask"])
     if "compile" in result:
         c = result["compile"]
         print(f"\ntorch.compile, ancestral 8 x {min(128, model.cfg.model.max_len)} x 128: eager {c['eager_s']:.2f} s, "
@@ -290,4 +303,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from ddlm.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # what the user asked for cannot be done: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
