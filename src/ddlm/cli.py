@@ -141,9 +141,17 @@ _FLAG_FIELDS = (("data", "data.source"), ("process", "process.name"), ("tokenize
 
 
 # ---- sample -----------------------------------------------------------------------------------------------
-def cmd_sample(args) -> int:
-    from .pipeline import SequenceModel
+SAMPLE_THREADS = 1  # measured on a busy 2-core machine: 1 thread ran 4 x 256 tokens 2.3-4x faster than 2 (README)
 
+
+def _plural(k: int, word: str) -> str:
+    return f"{k} {word}" if k == 1 else f"{k} {word}s"
+
+
+def cmd_sample(args) -> int:
+    from .pipeline import SequenceModel, draw_seed
+
+    _threads(args.threads, SAMPLE_THREADS)
     model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.planner is not None:
         from .sampling.planners import get_planner
@@ -153,31 +161,50 @@ def cmd_sample(args) -> int:
         if sampler != "planned":
             raise UserError(f"--planner chooses the order of --sampler planned, but this run samples with "
                             f"{sampler!r}; add --sampler planned")
-    out = model.generate(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler,
-                         planner=args.planner, temperature=args.temperature, prompt=args.prompt, seed=args.seed,
-                         kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0, compile=args.compile,
-                         progress=not args.json)
+    seed = draw_seed() if args.seed is None else args.seed
+    options = dict(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler, planner=args.planner,
+                   temperature=args.temperature, prompt=args.prompt, seed=seed, batch_size=args.batch_size,
+                   kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0, compile=args.compile,
+                   progress=not args.json and sys.stderr.isatty())  # a bar only where a person watches it
     context = model.cfg.model.max_len
     if args.kv_cache and (args.length or context) <= context:
         print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
               f"{context}-token context, no finished prefix)", file=sys.stderr)
-    if args.json:
+    note = None if args.seed is not None else f"note: seed {seed} (add --seed {seed} to draw these samples again)"
+    if args.json:  # one object: every sample is kept (generate refuses a result that cannot fit in memory)
+        out = model.generate(**options)
+        if note:
+            print(note, file=sys.stderr)
         print(json.dumps({"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
-                          "seconds": round(out.seconds, 4)}))
-    else:
-        for i, text in enumerate(out.texts):
-            print(f"--- sample {i + 1} ---\n{text}")
-        print(f"--- {len(out.texts)} samples, {out.tokens.shape[1]} tokens each, NFE {out.nfe} "
-              f"({out.row_evals} row evaluations), {out.seconds:.2f} s")
+                          "seconds": round(out.seconds, 4), "seed": out.seed}))
+        return 0
+    count = nfe = row_evals = length = 0
+    seconds = 0.0
+    parts = model.iter_generate(**options)  # checks every option now; samples come batch by batch
+    if note:
+        print(note, file=sys.stderr)
+    for part in parts:  # written batch by batch: --n is bounded by time, not memory
+        for text in part.texts:
+            count += 1
+            print(f"--- sample {count} ---\n{text}")
+        sys.stdout.flush()
+        nfe, row_evals, seconds = nfe + part.nfe, row_evals + part.row_evals, seconds + part.seconds
+        length = part.tokens.shape[1]
+    print(f"--- {_plural(count, 'sample')}, {_plural(length, 'token')} each, NFE {nfe} "
+          f"({_plural(row_evals, 'row evaluation')}), {seconds:.2f} s")
     return 0
 
 
 # ---- eval -------------------------------------------------------------------------------------------------
+EVAL_THREADS = 1  # measured like SAMPLE_THREADS (README): one thread is the fast default on a shared CPU
+
+
 def cmd_eval(args) -> int:
     from .eval.elbo import evaluate_nll
     from .pipeline import SequenceModel
     from .train.loop import validation_blocks
 
+    _threads(args.threads, EVAL_THREADS)
     model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.task != "text":
         from .eval import TASKS
@@ -186,15 +213,19 @@ def cmd_eval(args) -> int:
         return _eval_gen_ppl(model, args)
     val = validation_blocks(model.cfg, model.tokenizer, args.data or None)
     m = evaluate_nll(model, val, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
-                     max_blocks=args.max_blocks, progress=not args.json)
+                     max_blocks=args.max_blocks, progress=not args.json and sys.stderr.isatty())
     m["family"] = model.family.name
     m["data"] = args.data or model.cfg.data.source
     if args.json:
         print(json.dumps(m))
     else:
-        kind = "exact NLL" if m["exact"] else f"NELBO bound, {m['passes']} t-samples"
-        print(f"{model.family.name} on {m['data']} validation ({m['n_tokens']} tokens, {kind}): "
-              f"{m['nll']:.4f} ± {m['ci95']:.4f} nats/token, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
+        kind = "exact NLL" if m["exact"] else f"NELBO bound, {_plural(m['passes'], 't-sample')}"
+        if m["exact"] or m["passes"] > 1:
+            value = f"{m['nll']:.4f} ± {m['ci95']:.4f} (95%) nats/token"
+        else:  # the interval is over the t-samples: one pass gives none
+            value = f"{m['nll']:.4f} nats/token (no interval from one t-sample; use --t-samples 2 or more)"
+        print(f"{model.family.name} on {m['data']} validation ({_plural(m['n_tokens'], 'token')}, {kind}): "
+              f"{value}, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
     return 0
 
 
@@ -203,14 +234,21 @@ def _eval_gen_ppl(model, args) -> int:
 
     judge = load_judge(args.judge)
     m = generative_perplexity(model, judge, n=args.samples, length=args.length, steps=args.steps,
-                              sampler=args.sampler, planner=args.planner, seed=args.seed, progress=not args.json)
+                              sampler=args.sampler, planner=args.planner, seed=args.seed,
+                              batch_size=args.batch_size, progress=not args.json and sys.stderr.isatty())
     m["family"] = model.family.name
     if args.json:
         print(json.dumps(m))
+        return 0
+    if m["judge_nll_ci95"] is None:  # the interval is over the samples
+        detail = f"{m['judge_nll']:.4f} nats per judge token; no interval from one sample"
     else:
-        print(f"{model.family.name}: {m['n_samples']} samples x {m['length']} tokens ({m['nfe']} NFE), judged by "
-              f"{m['judge']}: generative perplexity {m['gen_ppl']:.3f} ({m['judge_nll']:.4f} nats per judge token), "
-              f"sample entropy {m['entropy']:.4f} nats")
+        lo, hi = m["gen_ppl_ci95"]
+        detail = (f"95% interval {lo:.3f}-{hi:.3f}; {m['judge_nll']:.4f} ± {m['judge_nll_ci95']:.4f} nats per "
+                  "judge token")
+    print(f"{model.family.name}: {_plural(m['n_samples'], 'sample')} x {_plural(m['length'], 'token')} "
+          f"({m['nfe']} NFE), judged by {m['judge']}: generative perplexity {m['gen_ppl']:.3f} ({detail}), "
+          f"sample entropy {m['entropy']:.4f} nats")
     return 0
 
 
@@ -232,9 +270,12 @@ TASKS_HELP = {"text": "likelihood on the validation split",
 def build_parser() -> argparse.ArgumentParser:
     from .config import field_help
     from .families import FAMILIES
-    from .sampling import SAMPLERS
+    from .pipeline import DEFAULT_BATCH_SIZE
+    from .sampling import sampler_names
+    from .sampling.planners import planner_names
 
     p = _Parser(prog="ddlm", description="Discrete diffusion language models: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"ddlm {_version()}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
 
@@ -277,14 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=4, help="number of samples (default 4)")
     s.add_argument("--length", type=_positive_int, help="tokens per sample (default: the context length; "
                    "longer samples are generated in sliding blocks)")
-    s.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's sample.steps)")
-    s.add_argument("--sampler", choices=SAMPLERS, help="ancestral (every diffusion family), cached or planned "
-                   "(mdlm), routing or planned (rdm-*; planned = rdm-absorbing without re-noising)")
-    s.add_argument("--planner", help="planner for --sampler planned (mdlm): random, top_prob, top_margin, entropy, "
-                   "confidence")
+    s.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's sample.steps; "
+                   "capped at the number of positions to decode, per block)")
+    s.add_argument("--sampler", choices=sampler_names(), metavar="NAME", help=f"one of {', '.join(sampler_names())} "
+                   "(default: the model's sample.sampler); a family refuses a sampler it does not have, naming "
+                   "those it has")
+    s.add_argument("--planner", metavar="NAME", help=f"order of --sampler planned: {', '.join(planner_names())} "
+                   "(default: the model's sample.planner)")
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=_seed, help="random seed (default: a fresh one, printed on stderr so that the "
+                   "samples can be drawn again)")
+    s.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="samples per network "
+                   f"batch (default {DEFAULT_BATCH_SIZE}); without --json each batch is printed as soon as it is done")
+    _add_threads(s, SAMPLE_THREADS)
     s.add_argument("--kv-cache", action="store_true", help="mdlm, --length beyond the context: in each sliding "
                    "block after the first, run the finished prefix through the network once and reuse its keys/"
                    "values for the block's later steps (faster, approximate; no effect within the context)")
@@ -302,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="corpus to evaluate on (default: the model's training corpus)")
     e.add_argument("--t-samples", type=_positive_int, default=4, help="passes with fresh t per block (default 4)")
     e.add_argument("--max-blocks", type=_positive_int, help="evaluate at most N validation blocks")
-    e.add_argument("--batch-size", type=_positive_int, default=32, help="blocks per forward pass")
+    e.add_argument("--batch-size", type=_positive_int, default=32, help="blocks per forward pass (--gen-ppl: "
+                   "samples per batch); default 32")
+    _add_threads(e, EVAL_THREADS)
     e.add_argument("--seed", type=_seed, default=0, help="random seed of the t-samples")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--task", default="text", choices=list(TASKS_HELP),
@@ -343,21 +392,50 @@ def _device(args):
     return resolve_device(getattr(args, "device", "auto") or "auto", name="--device")
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # `ddlm train --out DIR a.b=1 --quiet c.d=2`: overrides after an option are overrides too
-        if args.command == "train" and all("=" in x and not x.startswith("-") for x in extra):
-            args.overrides = [*args.overrides, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+def _add_threads(parser, default: int) -> None:
+    parser.add_argument("--threads", type=_positive_int, metavar="N", help=f"CPU threads (default {default}: "
+                        "fastest on a shared machine, see the README; more can pay for large batches on idle cores)")
+
+
+def _threads(requested: int | None, default: int) -> int:
+    """Set torch's CPU threads to `requested` (a --threads value) or, if None, `default` capped at the cores.
+    Returns the number set."""
+    import os
+
+    import torch
+
+    n = requested if requested is not None else max(1, min(default, os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def _version() -> str:
+    """The installed distribution's version, or the package's own when running from a source tree."""
     try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("ddlm")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
+
+
+def main(argv=None) -> int:
+    command = "ddlm"
+    try:  # Ctrl-C anywhere (imports while building the parser, model loading, sampling) exits 130
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        command = f"ddlm {args.command}"
+        if extra:  # `ddlm train --out DIR a.b=1 --quiet c.d=2`: overrides after an option are overrides too
+            if args.command == "train" and all("=" in x and not x.startswith("-") for x in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except UserError as e:
-        print(f"ddlm {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ddlm {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -129,7 +129,8 @@ class SequenceModel(torch.nn.Module):
                       decode: bool = True, **options) -> Iterator[SampleOutput]:
         """`generate` one batch at a time: yields a SampleOutput per batch of at most `batch_size` samples
         (same options, same samples as `generate` with the same seed and batch size), so that a caller can
-        write samples out as they come and never hold all of them."""
+        write samples out as they come and never hold all of them. The arguments are checked at the call,
+        before the first batch."""
         known = {"sampler", "planner", "temperature", "prompt", "fixed", "fixed_mask", "stride", "seed",
                  "kv_cache", "kv_refresh"}
         if set(options) - known:
@@ -138,7 +139,7 @@ class SequenceModel(torch.nn.Module):
         req = self._request(n, length, steps, o["sampler"], o["planner"], o["temperature"], o["prompt"],
                             o["fixed"], o["fixed_mask"], o["stride"], o["seed"], batch_size, bool(o["kv_cache"]),
                             o["kv_refresh"] or 0, decode, keep_all=False)
-        yield from self._batches(req, compile, progress, decode)
+        return self._batches(req, compile, progress, decode)
 
     def _request(self, n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride, seed,
                  batch_size, kv_cache, kv_refresh, decode, keep_all) -> dict:
@@ -160,6 +161,8 @@ class SequenceModel(torch.nn.Module):
         steps = steps if steps is not None else sc.steps
         _check_count(steps, "steps")
         temperature = sc.temperature if temperature is None else temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
+            raise UserError(f"temperature must be in [0, 100], got {temperature!r}")
         opts = sampling_options(self.family, sampler or sc.sampler, planner or sc.planner, steps, temperature)
         return {"n": n, "length": length, "fixed": fixed, "fixed_mask": fixed_mask, "stride": stride,
                 "seed": draw_seed() if seed is None else _check_seed(seed), "batch_size": batch_size,
