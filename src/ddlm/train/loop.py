@@ -46,7 +46,7 @@ from .device import backend_for, resolve_device
 from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step, step_seed
 from .guard import SignalGuard, check_memory, validate_config
 from .optim import EMA, make_optimizer, set_lr
-from .rundir import CSVLog, check_run_dir, clear_run_dir, config_mismatch, write_marker
+from .rundir import MARKER, CSVLog, check_run_dir, clear_run_dir, config_mismatch, write_marker
 
 FINAL_T_SAMPLES = 4  # t-samples of the final validation: enough passes for a 95% interval on the bound
 
@@ -105,7 +105,7 @@ class Trainer:
         if rank == 0:  # now, before minutes of data preparation, so a bad --out fails at once
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
-                if not _resuming:
+                if not (self.out / MARKER).exists():  # a new run, or one from before the marker
                     write_marker(self.out)
             except OSError as e:
                 raise UserError(f"cannot create run directory {self.out}: {e.strerror}; choose another --out") \
