@@ -193,13 +193,17 @@ class SequenceModel(torch.nn.Module):
         """b samples: fixed / fixed_mask (1 or b, L) or None."""
         length, opts, kv_cache, kv_refresh = req["length"], req["opts"], req["kv_cache"], req["kv_refresh"]
         if self.family.causal:
-            prompt_ids = None
-            if fixed is not None:
-                prompt_ids = fixed[:, : int(fixed_mask[0].sum())]  # (1 or b, P): a prefix (checked)
-                if (prompt_ids == prompt_ids[:1]).all():
-                    prompt_ids = prompt_ids[0]
-            return self.family.sample(backbone, self.process, n, length, prompt=prompt_ids,
-                                      generator=generator, progress=progress, **opts)
+            prompts = [None] if fixed is None else fixed[:, : int(fixed_mask[0].sum())]  # (1 or b, P) prefixes
+            if len(prompts) > 1 and (prompts == prompts[:1]).all():
+                prompts = prompts[:1]
+            if len(prompts) == 1:
+                return self.family.sample(backbone, self.process, n, length, prompt=prompts[0],
+                                          generator=generator, progress=progress, **opts)
+            # the AR sampler continues one prompt (P,): rows with prompts of their own are sampled one by one
+            rows = [self.family.sample(backbone, self.process, 1, length, prompt=p, generator=generator,
+                                       progress=progress, **opts) for p in prompts]
+            return SampleOutput(torch.cat([r.tokens for r in rows]), sum(r.nfe for r in rows),
+                                sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
         decodes_positions = _decodes_positions(self.process)
 
         def window(n_, length_, fixed_, mask_, prefix=0):
