@@ -97,3 +97,49 @@ def test_evaluation_encodes_only_the_validation_text(tiny_run, monkeypatch):
     assert torch.equal(val, expected) and len(encoded) == 1  # one text encoded: the validation part
     m = ddlm.evaluate(model, max_blocks=2)
     assert m["n_tokens"] == 2 * model.cfg.model.max_len and len(encoded) == 2
+
+
+@pytest.mark.parametrize("family, overrides", [
+    ("d3pm-nn", []),  # the mutual-information schedule: a bisection over (T, V, V) matrix exponentials
+    ("d3pm-gaussian", ["process.discrete_schedule=mutual_information"]),
+    ("d3pm-uniform", []),
+])
+def test_d3pm_model_loads_without_solving_its_schedule(tiny_run, tmp_path, monkeypatch, family, overrides):
+    """A saved D3PM model carries its betas: loading never calls a schedule builder, and the loaded process
+    (betas and matrices) is the one that was saved."""
+    from ddlm import families
+    from ddlm.processes import d3pm, d3pm_schedules
+
+    _, mdlm = tiny_run
+    cfg = ddlm.apply_overrides(mdlm.cfg, [f"process.name={family}", "model.time_conditioning=true",
+                                          "process.steps=20", *overrides])
+    fresh = SequenceModel(cfg, mdlm.tokenizer)
+    fresh.save_pretrained(tmp_path / "m")
+    for clear in ("_built_d3pm_process", "_d3pm_process"):  # the in-process cache of built processes
+        cached = getattr(families, clear, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    monkeypatch.setattr(d3pm, "KNOWN_BETAS", {})
+
+    def expensive(*a, **k):
+        raise AssertionError("loading solved the schedule again")
+    for name in list(d3pm_schedules.D3PM_SCHEDULES):
+        monkeypatch.setitem(d3pm_schedules.D3PM_SCHEDULES, name, expensive)
+    loaded = SequenceModel.from_pretrained(tmp_path / "m")
+    a, b = fresh.process, loaded.process
+    assert a is not b and torch.equal(a.betas, b.betas)
+    for name in ("abar", "Q", "Qbar"):
+        if hasattr(a, name):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+
+
+def test_saved_betas_go_only_to_the_process_they_were_solved_for():
+    from ddlm.processes.d3pm import NearestNeighbourD3PM, UniformD3PM
+
+    line = torch.arange(8, dtype=torch.float64)[:, None]
+    a = NearestNeighbourD3PM(8, 4, embedding=line).schedule_key()
+    assert a == NearestNeighbourD3PM(8, 4, embedding=line.clone()).schedule_key()
+    assert a != NearestNeighbourD3PM(8, 4, embedding=line ** 2).schedule_key()  # another graph
+    assert a != NearestNeighbourD3PM(8, 5, embedding=line).schedule_key()
+    assert UniformD3PM(8, 4).schedule_key() != UniformD3PM(8, 4, schedule="linear").schedule_key()
