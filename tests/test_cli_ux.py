@@ -169,3 +169,17 @@ def test_gen_ppl_prints_its_interval(tiny_run, capsys, monkeypatch):
     assert "3 samples x 8 tokens" in line and "95% interval" in line and "1.5000 ± 0.2829 nats per judge token" in line
     assert main(["eval", str(out), "--gen-ppl", "--samples", "1", "--length", "8", "--steps", "4"]) == 0
     assert "1 sample x 8 tokens" in capsys.readouterr().out
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(tiny_run):
+    import subprocess
+
+    out, _ = tiny_run
+    p = subprocess.Popen([sys.executable, "-m", "ddlm", "sample", str(out), "--n", "5000", "--length", "8",
+                          "--steps", "2", "--batch-size", "500", "--seed", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and first == b"--- sample 1 ---\n"
+    assert "Traceback" not in err and "Broken pipe" not in err, err
