@@ -138,6 +138,23 @@ def test_steps_are_capped_at_the_positions_to_decode(tiny_run, monkeypatch):
     steps.clear()
     model.generate(n=2, length=16, steps=5, seed=0)  # fewer steps than positions: as asked
     assert steps == [5]
+    steps.clear()
+    model.generate(n=2, length=8, steps=32, sampler="remask", seed=0)  # re-masking revises: every step kept
+    assert steps == [32]
+
+
+def test_rdm_routing_that_renoises_keeps_its_steps(tiny_run, monkeypatch):
+    _, mdlm = tiny_run
+    steps = []
+    for condition, expected in (("cond", 32), ("none", 8)):
+        cfg = ddlm.apply_overrides(mdlm.cfg, ["process.name=rdm-absorbing", f"process.routing_condition={condition}"])
+        model = SequenceModel(cfg, mdlm.tokenizer)
+        real = model.family.sample
+        monkeypatch.setattr(model.family, "sample", lambda *a, real=real, **k: steps.append(k["steps"]) or real(*a, **k))
+        model.generate(n=1, length=8, steps=32, sampler="routing", seed=0)
+        assert steps[-1] == expected, condition
+    model.generate(n=1, length=8, steps=32, sampler="ancestral", seed=0)  # never re-noises: capped
+    assert steps[-1] == 8
 
 
 def test_seed_is_random_unless_given_and_recorded(tiny_run):

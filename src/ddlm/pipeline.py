@@ -102,8 +102,10 @@ class SequenceModel(torch.nn.Module):
         positions (fixed=[5, -1, -1, 7]). A prompt and fixed positions combine (they must agree where both fix
         a position). length defaults to fixed's length, else the context. Lengths beyond the context are
         generated in sliding blocks (`stride` new tokens per block, half the context by default).
-        steps are capped at the number of positions left to decode (per block) for the families that decode
-        positions (mdlm, rdm-*, d3pm-absorbing): more steps would only add network calls that decode nothing.
+        steps are capped at the number of positions left to decode (per block) where a decoded token stays
+        decoded (mdlm's ancestral, cached and planned samplers, d3pm-absorbing, rdm-* without re-noising): more
+        steps would only add network calls that decode nothing. ReMDM re-masking and RDM routing that re-noises
+        (routing_condition cond/uncond) keep every step: there a step may revise a token.
 
         kv_cache (masked diffusion only): in each sliding block after the first, the finished prefix goes
         through the network once (the block's first step) and its keys/values are reused by the later steps,
@@ -204,14 +206,14 @@ class SequenceModel(torch.nn.Module):
                                        progress=progress, **opts) for p in prompts]
             return SampleOutput(torch.cat([r.tokens for r in rows]), sum(r.nfe for r in rows),
                                 sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
-        decodes_positions = _decodes_positions(self.process)
+        capped = _decodes_positions(self.process) and not _revisits(opts)
 
         def window(n_, length_, fixed_, mask_, prefix=0):
             net = backbone
             if kv_cache and prefix:
                 net = PrefixKVBackbone(backbone, prefix, n_, kv_refresh)
             o = dict(opts)
-            if decodes_positions and "steps" in o:  # a step that can decode nothing is a wasted network call
+            if capped and "steps" in o:  # a step that can decode nothing is a wasted network call
                 todo = length_ if mask_ is None else int((~mask_.bool()).sum(-1).max())
                 o["steps"] = max(1, min(o["steps"], todo))
             return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
@@ -305,6 +307,13 @@ def _decodes_positions(process) -> bool:
     from .objectives.rdm import RDMProcess
 
     return getattr(process, "mask_id", None) is not None or isinstance(process, RDMProcess)
+
+
+def _revisits(opts: dict) -> bool:
+    """Samplers that may return a decoded token to noise (ReMDM re-masking, RDM routing that re-noises):
+    for them steps beyond the positions are more chances to revise, so they are not capped."""
+    renoising_route = opts.get("route") in ("deterministic", "stochastic") and opts.get("condition") != "none"
+    return opts.get("rule") == "remask" or renoising_route
 
 
 def memory_bytes() -> int:
