@@ -184,3 +184,92 @@ def test_safe_pieces_never_change_bpe_ids(bpe):
         assert "".join(pieces) == text
         assert [i for p in pieces for i in bpe.encode(p)] == bpe.encode(text)
     assert n_pieces > 600  # the texts really were cut
+
+
+# --- special tokens ---------------------------------------------------------------------------------
+
+
+def test_specials_come_after_the_real_tokens_and_leave_text_ids_alone(bpe_text):
+    for kind in ("char", "byte", "bpe"):
+        plain = build_tokenizer(kind, bpe_text, vocab_size=300)
+        tok = build_tokenizer(kind, bpe_text, vocab_size=300, specials=True)
+        n = plain.vocab_size
+        assert plain.specials == () and plain.bos_id is None and plain.eos_id is None and plain.pad_id is None
+        assert tok.specials == ("<bos>", "<eos>", "<pad>") and tok.n_real == n
+        assert (tok.bos_id, tok.eos_id, tok.pad_id) == (n, n + 1, n + 2) and tok.vocab_size == n + 3
+        assert tok.special_ids == (n, n + 1, n + 2)
+        assert tok.encode(bpe_text) == plain.encode(bpe_text)  # same ids for text
+        # text that spells a special token is text, not the token
+        assert max(tok.encode("<eos>" if kind != "char" else "e")) < n
+    assert build_tokenizer("byte", "", specials=True).eos_id == 257
+
+
+def test_decode_drops_specials_and_keeps_the_mask_placeholder(bpe_text):
+    for kind in ("char", "byte", "bpe"):
+        tok = build_tokenizer(kind, bpe_text, vocab_size=300, specials=True)
+        ids = tok.encode("the lord")
+        row = [tok.bos_id] + ids[:3] + [tok.eos_id] + ids[3:] + [tok.pad_id, tok.pad_id]
+        assert tok.decode(row) == "the lord"
+        assert tok.decode(torch.tensor(row)) == "the lord"
+        # [MASK] (== vocab_size, appended by a diffusion process) and negatives still print as "_"
+        assert tok.decode(ids[:2] + [tok.vocab_size] + [-1]) == tok.decode(ids[:2]) + PLACEHOLDER * 2
+
+
+def test_specials_round_trip_through_tokenizer_json(tmp_path, bpe_text):
+    for kind in ("char", "byte", "bpe"):
+        tok = build_tokenizer(kind, bpe_text, vocab_size=300, specials=True)
+        tok.save(tmp_path / kind)
+        data = json.loads((tmp_path / kind / "tokenizer.json").read_text(encoding="utf-8"))
+        assert data["format"] == 2 and data["specials"] == ["<bos>", "<eos>", "<pad>"] and data["kind"] == kind
+        back = load_tokenizer(tmp_path / kind)
+        assert (back.vocab_size, back.n_real, back.eos_id, back.specials) == (
+            tok.vocab_size, tok.n_real, tok.eos_id, tok.specials)
+        assert back.encode(bpe_text) == tok.encode(bpe_text)
+        plain = build_tokenizer(kind, bpe_text, vocab_size=300)
+        plain.save(tmp_path / (kind + "0"))
+        assert json.loads((tmp_path / (kind + "0") / "tokenizer.json").read_text())["specials"] == []
+        assert load_tokenizer(tmp_path / (kind + "0")).specials == ()
+
+
+def test_format_1_tokenizer_json_loads_without_specials_as_before(tmp_path, bpe):
+    # the files ddlm wrote before special tokens existed: no "format", no "specials"
+    (tmp_path / "tokenizer.json").write_text('{"kind": "char", "chars": "123456789"}', encoding="utf-8")
+    tok = load_tokenizer(tmp_path)
+    assert tok.vocab_size == 9 and tok.specials == () and tok.eos_id is None
+    assert tok.encode("9513") == [8, 4, 0, 2] and tok.decode([8, 4, 9, 0]) == "95_1"
+    (tmp_path / "tokenizer.json").write_text('{"kind": "byte"}', encoding="utf-8")
+    assert load_tokenizer(tmp_path).vocab_size == 256 and load_tokenizer(tmp_path).decode([104, 256, 105]) == "h_i"
+    old = {"kind": "bpe", "tokenizer": json.loads(bpe._tok.to_str())}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(old), encoding="utf-8")
+    back = load_tokenizer(tmp_path)
+    assert back.vocab_size == bpe.vocab_size and back.specials == ()
+    assert back.encode(UNICODE) == bpe.encode(UNICODE)
+
+
+def test_committed_sudoku_tokenizer_loads_unchanged():
+    from pathlib import Path
+
+    tok = load_tokenizer(Path(__file__).resolve().parents[2] / "models" / "sudoku")
+    assert tok.vocab_size == 9 and tok.chars == list("123456789") and tok.specials == ()
+
+
+def test_newer_format_and_unknown_specials_are_refused(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"format": 3, "kind": "byte"}', encoding="utf-8")
+    with pytest.raises(UserError, match="format 3.*upgrade ddlm"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"format": 2, "kind": "byte", "specials": ["<s>"]}', encoding="utf-8")
+    with pytest.raises(UserError, match="unknown special tokens"):
+        load_tokenizer(tmp_path)
+
+
+def test_smiles_tokenizer_has_the_same_specials(tmp_path):
+    from ddlm.tasks.molecules.tokenizer import SmilesTokenizer
+
+    tok = SmilesTokenizer.from_smiles(["CCl", "c1ccccc1"], specials=True)
+    n = tok.n_real
+    assert tok.tokens == ["1", "C", "Cl", "c"] and (tok.bos_id, tok.eos_id, tok.pad_id) == (4, 5, 6)
+    assert tok.decode([n, 1, 2, n + 1, n + 2, tok.vocab_size]) == "CCl_"
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)  # "smiles" loads through load_tokenizer as well
+    assert isinstance(back, SmilesTokenizer) and back.vocab_size == 7 and back.encode("CCl") == [1, 2]
+    assert SmilesTokenizer.from_smiles(["CCl"]).vocab_size == 2

@@ -3,22 +3,33 @@
 All three share one small interface:
 
     kind: str                  "char" | "byte" | "bpe"
-    vocab_size: int            real tokens only; ids are 0..vocab_size-1. There are no special
-                               tokens: a diffusion process appends its own [MASK] id == vocab_size.
-    encode(text) -> list[int]
+    n_real: int                real tokens: ids 0..n_real-1 are text
+    specials: tuple[str, ...]  () or SPECIALS = ("<bos>", "<eos>", "<pad>")
+    bos_id, eos_id, pad_id     n_real, n_real+1, n_real+2 when the tokenizer has specials, else None
+    vocab_size: int            n_real + len(specials): every id a model embeds and predicts. A diffusion
+                               process appends its own [MASK] id == vocab_size (not a tokenizer token).
+    encode(text) -> list[int]  real tokens only: text never encodes to a special id, even "<eos>"
     encode_batch(texts) -> list[list[int]]
     encode_tensor(text)        (char and byte only) encode as a LongTensor, fast on a whole corpus
-    decode(ids) -> str         ids: list[int] or a 1-D tensor. Ids outside 0..vocab_size-1 (such
-                               as [MASK]) decode to PLACEHOLDER ("_") instead of crashing, so that a
-                               half-denoised sample can still be printed.
-    save(directory)            writes <directory>/tokenizer.json: {"kind": ..., ...data}
+    decode(ids) -> str         ids: list[int] or a 1-D tensor. Special ids decode to nothing; ids
+                               outside 0..vocab_size-1 (such as [MASK]) decode to PLACEHOLDER ("_")
+                               instead of crashing, so that a half-denoised sample can still be printed.
+    save(directory)            writes <directory>/tokenizer.json: {"format": 2, "kind": ..., "specials": [...], ...}
 
-`build_tokenizer(kind, text, vocab_size)` makes one from training text, `load_tokenizer(dir)`
+Why specials come AFTER the real tokens (and only when asked for, `specials=True`): the ids of text stay
+what they were (byte id == byte value, Sudoku digit d == id d-1, a char id == rank of its code point), so
+a tokenizer.json of format 1 (no "format" key, written before specials existed) loads as a tokenizer
+without specials whose ids, vocab_size and decode are exactly the old ones, and the saved models keep
+their embedding sizes. Stream-trained models need no specials (a stream has no record ends), so they are
+built without them and stay as before; record data builds its tokenizer with them.
+
+`build_tokenizer(kind, text, vocab_size, specials)` makes one from training text, `load_tokenizer(dir)`
 reads a saved one back.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +43,10 @@ PLACEHOLDER = "_"
 "what an id outside the vocabulary (e.g. [MASK]) decodes to"
 
 FILENAME = "tokenizer.json"
+FORMAT = 2
+"tokenizer.json format: 1 = no specials (no 'format' key), 2 = a 'specials' list"
+SPECIALS = ("<bos>", "<eos>", "<pad>")
+"the special tokens, in id order after the real tokens"
 DEFAULT_BPE_VOCAB = 1024
 PIECE_CHARS = 1 << 16  # ~64 KB pieces for batched encoding and BPE training
 
@@ -75,7 +90,53 @@ def safe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
     return pieces
 
 
-class CharTokenizer:
+class SpecialTokens:
+    """BOS/EOS/PAD after the real tokens. A subclass sets n_real and calls _set_specials(flag)."""
+
+    n_real: int
+    specials: tuple = ()
+
+    def _set_specials(self, specials: bool) -> None:
+        if not isinstance(specials, bool):
+            raise UserError(f"specials must be true or false, got {specials!r}")
+        self.specials = SPECIALS if specials else ()
+        self.vocab_size = self.n_real + len(self.specials)
+
+    def _special_id(self, index: int):
+        return self.n_real + index if self.specials else None
+
+    @property
+    def bos_id(self):
+        """Id of <bos> (begin of a record), None without specials."""
+        return self._special_id(0)
+
+    @property
+    def eos_id(self):
+        """Id of <eos> (end of a record), None without specials."""
+        return self._special_id(1)
+
+    @property
+    def pad_id(self):
+        """Id of <pad> (filler after a record's <eos>), None without specials."""
+        return self._special_id(2)
+
+    @property
+    def special_ids(self) -> tuple:
+        return tuple(range(self.n_real, self.vocab_size))
+
+    def _header(self) -> dict:
+        return {"format": FORMAT, "kind": self.kind, "specials": list(self.specials)}
+
+
+def _specials_of(data: dict) -> bool:
+    """Whether a tokenizer.json dict has specials; format 1 files (no key) have none."""
+    specials = data.get("specials", [])
+    if specials not in ([], list(SPECIALS)):
+        raise UserError(f"unknown special tokens {specials!r} in tokenizer.json; expected {list(SPECIALS)} or []")
+    return bool(specials)
+
+
+class CharTokenizer(SpecialTokens):
     """One token per Unicode character; the vocabulary is the sorted set of training characters.
 
     Id i is the i-th character in code-point order. Characters never seen in training cannot be
@@ -84,7 +145,7 @@ class CharTokenizer:
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str]):
+    def __init__(self, chars: Iterable[str], specials: bool = False):
         chars = sorted(set(chars))
         if not chars:
             raise UserError("cannot build a character tokenizer from empty text")
@@ -92,18 +153,19 @@ class CharTokenizer:
         if bad:
             raise UserError(f"character vocabulary entries must be single characters, got {bad[:5]!r}")
         self.chars = chars
-        self.vocab_size = len(chars)
+        self.n_real = len(chars)
+        self._set_specials(specials)
         # sorted code points: encoding is a vectorised binary search, fast on a 4 MB corpus
         self._codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)  # (V,)
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(set(text))
+    def from_text(cls, text: str, specials: bool = False) -> "CharTokenizer":
+        return cls(set(text), specials)
 
     def _encode_array(self, text: str) -> np.ndarray:
         cps = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")  # (n,)
         idx = np.searchsorted(self._codepoints, cps)  # (n,)
-        idx_clipped = np.minimum(idx, self.vocab_size - 1)
+        idx_clipped = np.minimum(idx, self.n_real - 1)
         unknown = self._codepoints[idx_clipped] != cps
         if unknown.any():
             missing = sorted({chr(c) for c in np.unique(cps[unknown]).tolist()})
@@ -112,7 +174,7 @@ class CharTokenizer:
             raise UserError(
                 f"text has {len(missing)} character(s) not in the vocabulary: {shown}{more}; "
                 f"this model's tokenizer is character-level and knows only the "
-                f"{self.vocab_size} characters of its training text"
+                f"{self.n_real} characters of its training text"
             )
         return idx.astype(np.int64)
 
@@ -129,25 +191,28 @@ class CharTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
-        chars, v = self.chars, self.vocab_size
-        return "".join(chars[i] if 0 <= i < v else PLACEHOLDER for i in _as_id_list(ids))
+        chars, n, v = self.chars, self.n_real, self.vocab_size
+        return "".join(chars[i] if 0 <= i < n else "" if n <= i < v else PLACEHOLDER for i in _as_id_list(ids))
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "chars": "".join(self.chars)}
+        return {**self._header(), "chars": "".join(self.chars)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CharTokenizer":
-        return cls(list(data["chars"]))
+        return cls(list(data["chars"]), _specials_of(data))
 
     def save(self, directory) -> None:
         _write(directory, self.to_dict())
 
 
-class ByteTokenizer:
+class ByteTokenizer(SpecialTokens):
     """One token per UTF-8 byte: 256 ids, any text encodes; invalid byte runs decode to U+FFFD."""
 
     kind = "byte"
-    vocab_size = 256
+    n_real = 256
+
+    def __init__(self, specials: bool = False):
+        self._set_specials(specials)
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -167,6 +232,8 @@ class ByteTokenizer:
         for i in _as_id_list(ids):
             if 0 <= i < 256:
                 run.append(i)
+            elif 256 <= i < self.vocab_size:
+                continue  # a special token decodes to nothing
             else:
                 out.append(run.decode("utf-8", errors="replace"))
                 out.append(PLACEHOLDER)
@@ -175,31 +242,34 @@ class ByteTokenizer:
         return "".join(out)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind}
+        return self._header()
 
     @classmethod
     def from_dict(cls, data: dict) -> "ByteTokenizer":
-        return cls()
+        return cls(_specials_of(data))
 
     def save(self, directory) -> None:
         _write(directory, self.to_dict())
 
 
-class BPETokenizer:
+class BPETokenizer(SpecialTokens):
     """Byte-level BPE (Sennrich et al. 2016; GPT-2 byte alphabet) trained with Hugging Face `tokenizers`.
 
-    The 256 byte symbols are always in the vocabulary, so any text encodes. No special tokens;
-    `vocab_size` is the trained size, at most the requested one (a small corpus may stop early).
+    The 256 byte symbols are always in the vocabulary, so any text encodes. `n_real` is the trained
+    size, at most the requested one (a small corpus may stop early); the specials, when asked for, are
+    kept by this wrapper, not by the `tokenizers` object, so that text such as "<eos>" never encodes
+    to them.
     """
 
     kind = "bpe"
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, specials: bool = False):
         self._tok = tokenizer  # a tokenizers.Tokenizer
-        self.vocab_size = tokenizer.get_vocab_size()
+        self.n_real = tokenizer.get_vocab_size()
+        self._set_specials(specials)
 
     @classmethod
-    def train(cls, text: str, vocab_size: int | None = None) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int | None = None, specials: bool = False) -> "BPETokenizer":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
@@ -223,7 +293,7 @@ class BPETokenizer:
         )
         pieces = safe_pieces(text)
         tok.train_from_iterator(iter(pieces), trainer=trainer, length=len(pieces))
-        return cls(tok)
+        return cls(tok, specials)
 
     def encode(self, text: str) -> list[int]:
         if len(text) <= PIECE_CHARS:
@@ -237,8 +307,10 @@ class BPETokenizer:
     def decode(self, ids) -> str:
         out, run = [], []
         for i in _as_id_list(ids):
-            if 0 <= i < self.vocab_size:
+            if 0 <= i < self.n_real:
                 run.append(i)
+            elif self.n_real <= i < self.vocab_size:
+                continue  # a special token decodes to nothing
             else:
                 out.append(self._tok.decode(run) if run else "")
                 out.append(PLACEHOLDER)
@@ -247,13 +319,13 @@ class BPETokenizer:
         return "".join(out)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "tokenizer": json.loads(self._tok.to_str())}
+        return {**self._header(), "tokenizer": json.loads(self._tok.to_str())}
 
     @classmethod
     def from_dict(cls, data: dict) -> "BPETokenizer":
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(json.dumps(data["tokenizer"])))
+        return cls(Tokenizer.from_str(json.dumps(data["tokenizer"])), _specials_of(data))
 
     def save(self, directory) -> None:
         _write(directory, self.to_dict())
@@ -276,15 +348,16 @@ def _check_kind(kind) -> None:
         raise UserError(f"unknown tokenizer {kind!r}; valid tokenizers are: {', '.join(TOKENIZERS)}")
 
 
-def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
+def build_tokenizer(kind: str, text: str, vocab_size: int | None = None, specials: bool = False) -> Tokenizer:
     """A tokenizer of `kind` fitted to `text`. `vocab_size` is used by "bpe" only (char and byte
-    vocabularies are fixed by the text and by UTF-8), so a config may always pass it."""
+    vocabularies are fixed by the text and by UTF-8), so a config may always pass it; it counts the
+    real tokens, the specials (`specials=True`: <bos> <eos> <pad>, for record data) come on top."""
     _check_kind(kind)
     if kind == "char":
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text(text, specials)
     if kind == "byte":
-        return ByteTokenizer()
-    return BPETokenizer.train(text, vocab_size)
+        return ByteTokenizer(specials)
+    return BPETokenizer.train(text, vocab_size, specials)
 
 
 def load_tokenizer(directory) -> Tokenizer:
@@ -297,13 +370,23 @@ def load_tokenizer(directory) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         kind = data["kind"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        version = data.get("format", 1)  # format 1 files (no key, no specials) load as they always did
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
             f"{path} is not a valid ddlm tokenizer file ({type(e).__name__}); save the tokenizer again"
         ) from None
-    _check_kind(kind)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT:
+        raise UserError(
+            f"{path} has tokenizer format {version!r}, this ddlm reads formats 1..{FORMAT}; upgrade ddlm to load it"
+        )
+    if kind in LAZY_TOKENIZERS:
+        module, name = LAZY_TOKENIZERS[kind].split(":")
+        cls = getattr(importlib.import_module(module), name)
+    else:
+        _check_kind(kind)
+        cls = TOKENIZERS[kind]
     try:
-        return TOKENIZERS[kind].from_dict(data)
+        return cls.from_dict(data)
     except UserError:
         raise
     except Exception as e:  # the `tokenizers` library raises its own exception types
@@ -313,3 +396,5 @@ def load_tokenizer(directory) -> Tokenizer:
 
 
 TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
+LAZY_TOKENIZERS = {"smiles": "ddlm.tasks.molecules.tokenizer:SmilesTokenizer"}
+"task tokenizers that load_tokenizer reads back, imported only then (module:class)"

@@ -14,8 +14,9 @@ Every character of the text falls in exactly one token, so `"".join(tokens) == t
 input by construction and decode(encode(s)) == s for every string the vocabulary covers.
 
 The interface is that of `ddlm.data.tokenizers` (kind, vocab_size, encode, encode_batch, decode,
-to_dict/from_dict, save): no special tokens, ids 0..vocab_size-1 are real tokens, a diffusion process
-appends its own [MASK] id == vocab_size, and ids outside the vocabulary decode to PLACEHOLDER ("_").
+to_dict/from_dict, save): ids 0..n_real-1 are real tokens; with `specials=True` <bos> <eos> <pad> follow
+them (ids n_real, n_real+1, n_real+2) and decode to nothing; a diffusion process appends its own [MASK]
+id == vocab_size, and ids outside the vocabulary decode to PLACEHOLDER ("_").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from ddlm.data.tokenizers import PLACEHOLDER, _as_id_list, _write
+from ddlm.data.tokenizers import PLACEHOLDER, SpecialTokens, _as_id_list, _specials_of, _write
 from ddlm.errors import UserError
 
 # alternatives are tried left to right: longer tokens before the characters they start with
@@ -42,7 +43,7 @@ def smiles_tokens(text: str) -> list[str]:
     return SMILES_PATTERN.findall(text)
 
 
-class SmilesTokenizer:
+class SmilesTokenizer(SpecialTokens):
     """SMILES regex tokens; the vocabulary is the sorted set of tokens seen in the training text.
 
     Id i is the i-th token in sorted order. A token never seen in training cannot be encoded (a
@@ -51,7 +52,7 @@ class SmilesTokenizer:
 
     kind = "smiles"
 
-    def __init__(self, tokens: Iterable[str]):
+    def __init__(self, tokens: Iterable[str], specials: bool = False):
         tokens = sorted(set(tokens))
         if not tokens:
             raise UserError("cannot build a SMILES tokenizer from empty text")
@@ -59,21 +60,23 @@ class SmilesTokenizer:
         if bad:
             raise UserError(f"SMILES vocabulary entries must each be one SMILES token, got {bad[:5]!r}")
         self.tokens = tokens
-        self.vocab_size = len(tokens)
+        self.n_real = len(tokens)
+        self._set_specials(specials)
         self._ids = {t: i for i, t in enumerate(tokens)}
 
     @classmethod
-    def from_text(cls, text: str) -> "SmilesTokenizer":
+    def from_text(cls, text: str, specials: bool = False) -> "SmilesTokenizer":
         """The vocabulary of every token in `text` (a corpus, records separated by newlines)."""
-        return cls(set(smiles_tokens(text)))
+        return cls(set(smiles_tokens(text)), specials)
 
     @classmethod
-    def from_smiles(cls, smiles: Iterable[str]) -> "SmilesTokenizer":
-        """The vocabulary of every token in a list of SMILES strings (no newline token)."""
+    def from_smiles(cls, smiles: Iterable[str], specials: bool = False) -> "SmilesTokenizer":
+        """The vocabulary of every token in a list of SMILES strings (no newline token); records need
+        specials=True (an <eos> after each molecule, <pad> to the block length)."""
         vocab: set[str] = set()
         for s in smiles:
             vocab.update(smiles_tokens(s))
-        return cls(vocab)
+        return cls(vocab, specials)
 
     def encode(self, text: str) -> list[int]:
         ids = self._ids
@@ -85,22 +88,22 @@ class SmilesTokenizer:
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise UserError(
                 f"text has {len(missing)} SMILES token(s) not in the vocabulary: {shown}{more}; "
-                f"this tokenizer knows only the {self.vocab_size} tokens of its training text"
+                f"this tokenizer knows only the {self.n_real} tokens of its training text"
             ) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
-        tokens, v = self.tokens, self.vocab_size
-        return "".join(tokens[i] if 0 <= i < v else PLACEHOLDER for i in _as_id_list(ids))
+        tokens, n, v = self.tokens, self.n_real, self.vocab_size
+        return "".join(tokens[i] if 0 <= i < n else "" if n <= i < v else PLACEHOLDER for i in _as_id_list(ids))
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "tokens": list(self.tokens)}
+        return {**self._header(), "tokens": list(self.tokens)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SmilesTokenizer":
-        return cls(data["tokens"])
+        return cls(data["tokens"], _specials_of(data))
 
     def save(self, directory) -> None:
         _write(directory, self.to_dict())
