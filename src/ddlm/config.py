@@ -79,6 +79,10 @@ class DataConfig:
     "vocabulary size of a BPE tokenizer"
     val_fraction: float = 0.05
     "fraction of the corpus held out for validation (deterministic, interleaved)"
+    records: str = "none"
+    "none (one stream cut into blocks) or records, one per row: lines (a file), verses (kjv), speeches (shakespeare)"
+    long_records: str = "skip"
+    "records longer than a block: skip, cut (first tokens, no <eos>) or error"
 
 
 @dataclass(frozen=True)

