@@ -201,3 +201,10 @@ def test_shakespeare_lines_and_speeches():
     hamlet = next(s for s in speeches if "To be, or not to be" in s)
     assert hamlet.startswith("Ham.\nTo be, or not to be,--that is the question:--\n")
     assert all(s.strip() and "\n\n" not in s for s in speeches)
+
+
+def test_stream_preparation_refuses_records_instead_of_streaming_them():
+    from ddlm.data.prepare import prepare_text
+
+    with pytest.raises(UserError, match="data.records=lines: .*set data.records=none"):
+        prepare_text(DataConfig(source="kjv", records="lines"), 64)

@@ -14,6 +14,10 @@ def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = 
     from .packing import encode_corpus, pack_blocks
     from .tokenizers import build_tokenizer
 
+    if cfg.records not in ("none", ""):
+        # records are laid one per row by prepare_records; silently streaming them would be wrong
+        raise UserError(f"data.records={cfg.records}: training and evaluation on records are not available yet; "
+                        "set data.records=none")
     if not 0.0 < cfg.val_fraction < 0.5:
         raise UserError(f"data.val_fraction must be in (0, 0.5), got {cfg.val_fraction}")
     text = load_text(cfg.source)
