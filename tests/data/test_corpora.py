@@ -146,3 +146,11 @@ def test_split_kjv_fraction():
     train, val = split_text(text, 0.05)
     assert len(train) + len(val) == len(text)
     assert 0.045 < len(val) / len(text) < 0.055
+
+
+def test_kjv_text_is_its_verses_one_per_line():
+    from ddlm.data.corpora import kjv, kjv_verses
+
+    verses = kjv_verses()
+    assert len(verses) == 31_103 and kjv() == "\n".join(verses)
+    assert verses[-1].startswith("The grace of our Lord Jesus Christ")
