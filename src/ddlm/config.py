@@ -35,6 +35,8 @@ class ModelConfig:
     "for positions=grid: (rows, cols) or (rows, cols, box_rows, box_cols); e.g. [9, 9, 3, 3] for Sudoku"
     time_conditioning: bool = False
     "condition the denoiser on t through adaLN (off by default, as in MDLM; needed for D3PM)"
+    n_classes: int = 0
+    "class labels the backbone is conditioned on (a learned embedding plus a null label); 0 = unconditional"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class SampleConfig:
     "which masked positions a planned sampler commits: random, top_prob, top_margin, entropy, confidence"
     temperature: float = 1.0
     "softmax temperature of the token distribution (0 = greedy)"
+    planner_options: dict = field(default_factory=dict)
+    ("options of the planner ({gumbel: 0.5}, {threshold: 0.8}, {schedule: cosine}) or of the remask sampler "
+     "({schedule: cap, eta: 0.05}); they apply with this section's sampler and planner")
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,10 @@ def _coerce(value, typ, name):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{name} must be a number, got {value!r}")
         return float(value)
+    if typ is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UserError(f"{name} must be a mapping such as {{gumbel: 0.5}}, got {value!r}")
+        return dict(value)
     if typ is str:
         if not isinstance(value, str):
             raise UserError(f"{name} must be a string, got {value!r}")

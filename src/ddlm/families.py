@@ -1,6 +1,7 @@
 """Model families: a name -> (process, objective, sampler) chosen once, at construction.
 
-Shared code (training loop, evaluation, CLI) calls `family.objective(model, x0)`, `family.objective.bound(...)`
+Shared code (training loop, evaluation, CLI) calls `family.objective(model, batch, generator)` (batch: a
+`data.batches.Batch` or a bare (B, L) tensor), `family.objective.bound(model, batch, t, generator)`
 and `family.sample(...)` and never branches on the family's name.
 
     mdlm             masked diffusion, continuous-time ELBO (Sahoo et al. 2024)
@@ -26,12 +27,15 @@ import torch
 
 from .config import ProcessConfig, RunConfig
 from .errors import UserError
-from .objectives.autoregressive import ARObjective, ARProcess
-from .objectives.d3pm import D3PMObjective, step_terms
+from .data.batches import as_batch, counted, model_kwargs
+from .objectives.autoregressive import ARObjective
+from .objectives.d3pm import D3PMObjective, noised, prior_of, step_terms
 from .objectives.mdlm import MDLMObjective
-from .objectives.rdm import RDMObjective, RDMProcess, draw_steps
+from .objectives.rdm import RDMObjective, draw_steps
+from .processes.autoregressive import ARProcess
 from .processes.d3pm import make_d3pm_process
 from .processes.masking import MaskingProcess
+from .processes.rdm import RDMProcess
 from .processes.schedules import get_schedule
 from .sampling import causal_options, masked_options
 from .sampling.autoregressive import sample_autoregressive
@@ -44,7 +48,7 @@ from .sampling.rdm import check_routing, sample_rdm
 class Family:
     name: str
     process: object  # has vocab_size, n_states, log_probs(logits)
-    objective: Callable  # objective(model, x0, generator) -> dict; objective.bound(model, x0) -> (B,) nats
+    objective: Callable  # objective(model, batch, generator) -> dict; objective.bound(model, batch) -> (B,) nats
     causal: bool  # the backbone's attention mask
     sample: Callable  # sample(backbone, process, n, length, **options) -> SampleOutput
     exact_likelihood: bool = False  # bound is the exact NLL (AR), not an upper bound
@@ -65,13 +69,13 @@ class TimeConditioned:
             raise UserError(f"the {self.family} family needs a time-conditioned backbone; "
                             "set model.time_conditioning=true")
 
-    def __call__(self, model, x0, generator=None):
+    def __call__(self, model, batch, generator=None):
         self._check(model)
-        return self.objective(model, x0, generator)
+        return self.objective(model, batch, generator)
 
-    def bound(self, model, x0, t=None, generator=None):
+    def bound(self, model, batch, t=None, generator=None):
         self._check(model)
-        return self.objective.bound(model, x0, t, generator)
+        return self.objective.bound(model, batch, t, generator)
 
     def __getattr__(self, name):  # process, hybrid_lambda, ... of the wrapped objective
         if name == "objective":  # not set yet (copy, unpickling): no recursion
@@ -86,25 +90,27 @@ class D3PMBound(D3PMObjective):
     large and rare, and a single draw of t in 1..T would make the estimate's variance grow with T.
     With t given (steps (B,) or times in (0, 1]) it is the plain one-sample estimate L_T + T * term_t."""
 
-    def _terms(self, model, x0, t, generator):
-        x_t = self.process.sample_xt(x0, t, generator)
-        logits = model(x_t, t.float() / self.process.steps)
-        return step_terms(self.process, logits, x0, x_t, t)[0].sum(-1)  # (B,)
+    def _terms(self, model, b, t, generator):
+        x_t = noised(self.process, b, t, generator)
+        logits = model(x_t, t.float() / self.process.steps, **model_kwargs(b))
+        return counted(step_terms(self.process, logits, b.tokens, x_t, t)[0], b).sum(-1)  # (B,)
 
-    def bound(self, model, x0: torch.Tensor, t=None, generator=None) -> torch.Tensor:
+    def bound(self, model, batch, t=None, generator=None) -> torch.Tensor:
+        b = as_batch(batch)
+        x0 = b.tokens
         T, B = self.process.steps, x0.shape[0]
-        prior = self.process.prior_kl(x0)  # (B,)
+        prior = prior_of(self.process, b)  # (B,)
         if t is not None:
             t = torch.as_tensor(t, device=x0.device)
             if t.is_floating_point():
                 t = torch.ceil(t * T).long().clamp(1, T)
             t = t.expand(B) if t.dim() == 0 else t
-            return (T * self._terms(model, x0, t, generator) + prior).float()
-        first = self._terms(model, x0, torch.ones(B, dtype=torch.long, device=x0.device), generator)
+            return (T * self._terms(model, b, t, generator) + prior).float()
+        first = self._terms(model, b, torch.ones(B, dtype=torch.long, device=x0.device), generator)
         if T == 1:
             return (first + prior).float()
         t = draw_steps(B, T - 1, generator, x0.device) + 1  # (B,) in 2..T
-        return (first + (T - 1) * self._terms(model, x0, t, generator) + prior).float()
+        return (first + (T - 1) * self._terms(model, b, t, generator) + prior).float()
 
 
 # ---- builders ---------------------------------------------------------------------------------------------

@@ -48,6 +48,23 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
 
 
+def attention_mask(keys: torch.Tensor, n_queries: int, offset: int, causal: bool) -> torch.Tensor:
+    """Boolean attention mask (B, 1, Lq, S) (True = may attend) from a key-padding mask `keys` (B, S) for Lq
+    queries at positions offset..offset+Lq-1 of the S keys; with `causal`, query i sees keys j <= i only.
+
+    Every query also sees its own key: a padded query (whose output no loss reads) then never has all keys
+    masked, which would make the softmax NaN, and a real query's own key is real, so nothing changes for it."""
+    S = keys.shape[-1]
+    if S != offset + n_queries:
+        raise ValueError(f"the key-padding mask covers {S} keys, but there are {offset} cached + {n_queries} new")
+    q = torch.arange(offset, offset + n_queries, device=keys.device)[:, None]  # (Lq, 1)
+    j = torch.arange(S, device=keys.device)[None, :]  # (1, S)
+    allowed = keys[:, None, None, :]  # (B, 1, 1, S)
+    if causal:
+        allowed = allowed & (j <= q)
+    return allowed | (j == q)
+
+
 def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation of a normalised activation: h (B, L, d), shift and scale (B, 1, d); zero shift and
     scale leave h unchanged."""
@@ -76,10 +93,13 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)
             nn.init.zeros_(self.ada.bias)
 
-    def attention(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, kv_cache: dict | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
         """kv_cache: None, or a dict of keys/values (B, H, P, Dh) (after rotary) of P earlier positions; x's
         positions follow them (offset P). An empty dict or one without "frozen" gets this call's keys/values
-        appended (the AR sampler); with "frozen": True the cache is read and left unchanged."""
+        appended (the AR sampler); with "frozen": True the cache is read and left unchanged.
+        mask: None, or a key-padding mask (B, P + L) bool over every key, cached ones first: False keys are
+        never attended."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B,H,L,Dh)
         offset = 0
@@ -93,17 +113,23 @@ class Block(nn.Module):
                 v = torch.cat([kv_cache["v"], v], dim=-2)
             if not kv_cache.get("frozen"):  # the AR sampler appends; a frozen prefix (blockwise) stays as it is
                 kv_cache["k"], kv_cache["v"] = k, v
-        causal = self.causal and L > 1 and offset == 0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        drop = self.dropout if self.training else 0.0
+        if mask is None:  # the plain path, unchanged: no mask tensor, flash kernels where available
+            causal = self.causal and L > 1 and offset == 0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)
+        else:
+            allowed = attention_mask(mask, L, offset, self.causal)  # (B, 1, L, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, kv_cache: dict | None = None):
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, kv_cache: dict | None = None,
+                mask: torch.Tensor | None = None):
+        """x (B, L, d); cond (B, cond_dim) or None; mask (B, S) key-padding mask over all S keys (cached + new)."""
         if self.ada is None:
-            x = x + self.drop(self.attention(self.norm1(x), kv_cache))
+            x = x + self.drop(self.attention(self.norm1(x), kv_cache, mask))
             return x + self.drop(self.mlp(self.norm2(x)))
         # (B, 1, d) each. adaLN-Zero: the gates start at zero (self.ada is zero-initialised), so every
         # sublayer's residual update is zero and the block is exactly the identity until training moves them.
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
-        x = x + gate1 * self.drop(self.attention(modulate(self.norm1(x), shift1, scale1), kv_cache))
+        x = x + gate1 * self.drop(self.attention(modulate(self.norm1(x), shift1, scale1), kv_cache, mask))
         return x + gate2 * self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2)))

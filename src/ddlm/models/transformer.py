@@ -1,4 +1,4 @@
-"""The backbone: token ids (and optionally t) -> logits. Nothing here knows what the logits mean.
+"""The backbone: token ids (and optionally t, a class label, a key-padding mask) -> logits. Nothing here knows what the logits mean.
 
 `Transformer(cfg, n_states, causal=False)` is the bidirectional denoiser of MDLM/D3PM/RDM (a DiT-style
 encoder); with `causal=True` it is the autoregressive baseline built from the same blocks, so the two differ
@@ -61,6 +61,12 @@ class Transformer(nn.Module):
             Block(d, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, causal, rotary, cond_dim) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, n_states, bias=False)
+        # class labels (n_classes + 1 rows: the last is the 'null' label, for classifier-free guidance);
+        # created only for a conditional model, so an unconditional one keeps its state-dict keys
+        self.n_classes = int(getattr(cfg, "n_classes", 0))
+        if self.n_classes < 0:
+            raise UserError(f"model.n_classes must be >= 0 (0 = unconditional), got {self.n_classes}")
+        self.label = nn.Embedding(self.n_classes + 1, d) if self.n_classes else None
         self.apply(self._init)
 
     @staticmethod
@@ -78,11 +84,22 @@ class Transformer(nn.Module):
         return self.time is not None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, kv_caches: list | None = None,
-                offset: int = 0) -> torch.Tensor:
+                offset: int = 0, *, cond: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L) long, t (B,) float in [0, 1] or None -> logits (B, L, n_states).
 
-        kv_caches: one dict per block (see Block.attention); x's positions start after the cached ones."""
+        kv_caches: one dict per block (see Block.attention); x's positions start after the cached ones.
+        cond: (B,) long class labels (0..n_classes-1, -1 = the null label) or None (the null label); only a
+        model with n_classes > 0 takes labels. The label's embedding is added to every token's embedding.
+        mask: (B, S) bool key-padding mask over all S = cached + L keys (False = never attended) or None."""
         h = self.embed(x)  # (B, L, d)
+        if self.label is not None:
+            labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if cond is None else cond
+            if bool(((labels < -1) | (labels >= self.n_classes)).any()):
+                raise ValueError(f"class labels must lie in -1..{self.n_classes - 1}")
+            h = h + self.label(torch.where(labels < 0, self.n_classes, labels))[:, None, :]
+        elif cond is not None:
+            raise ValueError("this backbone is unconditional (model.n_classes = 0) but was given class labels")
         L = x.shape[1]
         if kv_caches is not None and "k" in kv_caches[0]:
             offset = kv_caches[0]["k"].shape[-2]
@@ -94,13 +111,13 @@ class Transformer(nn.Module):
         elif self.cfg.positions == "grid":
             for k, table in enumerate(self.pos_tables):
                 h = h + table(self.coords[offset: offset + L, k])
-        cond = None
+        time_cond = None
         if self.time is not None:
             if t is None:
                 t = torch.zeros(x.shape[0], device=x.device)
-            cond = self.time(t)
+            time_cond = self.time(t)
         for i, block in enumerate(self.blocks):
-            h = block(h, cond, None if kv_caches is None else kv_caches[i])
+            h = block(h, time_cond, None if kv_caches is None else kv_caches[i], mask)
         return self.head(self.norm(h))
 
     def n_params(self) -> int:

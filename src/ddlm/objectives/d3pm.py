@@ -13,6 +13,7 @@ import itertools
 
 import torch
 
+from ..data.batches import as_batch, counted, model_kwargs, per_token
 from ..errors import check
 from ..processes.d3pm import D3PMProcess, kl_categorical
 
@@ -43,19 +44,36 @@ class D3PMObjective:
         check(hybrid_lambda >= 0, f"hybrid_lambda must be >= 0, got {hybrid_lambda}")
         self.process, self.hybrid_lambda = process, float(hybrid_lambda)
 
-    def __call__(self, model, x0: torch.Tensor, generator=None) -> dict:
+    def __call__(self, model, batch, generator=None) -> dict:
+        b = as_batch(batch)
+        x0 = b.tokens
         B, L = x0.shape
         T = self.process.steps
         t = torch.randint(1, T + 1, (B,), generator=generator, device=x0.device)
-        x_t = self.process.sample_xt(x0, t, generator)
-        logits = model(x_t, t.float() / T)  # (B, L, S)
+        x_t = noised(self.process, b, t, generator)
+        logits = model(x_t, t.float() / T, **model_kwargs(b))  # (B, L, S)
         terms, ce = step_terms(self.process, logits, x0, x_t, t)
-        prior = self.process.prior_kl(x0)  # (B,) constant
-        vb = (T * terms.sum(-1) + prior).mean() / L
-        ce = ce.mean()
+        prior = prior_of(self.process, b)  # (B,) constant
+        vb = per_token(T * counted(terms, b).sum(-1) + prior, b)
+        ce = ce.mean() if b.mask is None else counted(ce, b).sum() / b.mask.sum().clamp_min(1)
         loss = vb + self.hybrid_lambda * ce
         return {"loss": loss.float(), "vb": vb.detach().float(), "ce": ce.detach().float(),
-                "prior": (prior.mean() / L).float()}
+                "prior": per_token(prior, b).float()}
+
+
+def noised(process: D3PMProcess, b, t: torch.Tensor, generator=None) -> torch.Tensor:
+    """x_t ~ q(x_t | x_0) (B, L); positions that do not count in the loss are context and stay x_0."""
+    x_t = process.sample_xt(b.tokens, t, generator)
+    return x_t if b.mask is None else torch.where(b.mask, x_t, b.tokens)
+
+
+def prior_of(process: D3PMProcess, b) -> torch.Tensor:
+    """L_T (B,) in nats per sequence over the counted positions. L_T is a sum of per-position terms that depend
+    on x_0 alone, so the per-position values are the prior of each token as a sequence of one."""
+    if b.mask is None:
+        return process.prior_kl(b.tokens)
+    per_position = process.prior_kl(b.tokens.reshape(-1, 1)).view(b.tokens.shape)  # (B, L)
+    return counted(per_position, b).sum(-1)
 
 
 def _stride_plan(T: int, stride: int) -> list[tuple[int, int]]:

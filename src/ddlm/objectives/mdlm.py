@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.batches import as_batch, counted, model_kwargs, per_token
 from ..errors import UserError
 from ..processes.masking import MaskingProcess
 
@@ -61,26 +62,31 @@ class MDLMObjective:
         # the density of t is uniform on [t_eps, 1): the integral is (1 - t_eps) times the mean
         return (1.0 - self.t_eps) * sched.weight(t)
 
-    def _masked_nll(self, model, x0, t, generator):
+    def _masked_nll(self, model, b, t, generator):
+        x0 = b.tokens
         xt = self.process.sample_xt(x0, t, generator)
-        logits = model(xt, t)  # (B, L, V + 1)
+        if b.mask is not None:  # positions that do not count are context: never masked
+            xt = torch.where(b.mask, xt, x0)
+        logits = model(xt, t, **model_kwargs(b))  # (B, L, V + 1)
         logp = self.process.log_probs(logits)  # (B, L, V)
         nll = -logp.gather(-1, x0[..., None])[..., 0]  # (B, L)
         masked = self.process.is_masked(xt)
-        return nll * masked, masked
+        return counted(nll, b) * masked, masked
 
-    def bound(self, model, x0: torch.Tensor, t: torch.Tensor | None = None, generator=None) -> torch.Tensor:
-        """One-sample NELBO estimate in nats per sequence, (B,)."""
+    def bound(self, model, batch, t: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """One-sample NELBO estimate in nats per sequence (over the counted positions), (B,)."""
+        b = as_batch(batch)
         if t is None:
-            t = self.sample_t(x0.shape[0], generator, x0.device)
-        nll, _ = self._masked_nll(model, x0, t, generator)
+            t = self.sample_t(b.tokens.shape[0], generator, b.tokens.device)
+        nll, _ = self._masked_nll(model, b, t, generator)
         return self.weight(t) * nll.sum(-1)
 
-    def __call__(self, model, x0: torch.Tensor, generator=None) -> dict:
-        t = self.sample_t(x0.shape[0], generator, x0.device)
-        nll, masked = self._masked_nll(model, x0, t, generator)
+    def __call__(self, model, batch, generator=None) -> dict:
+        b = as_batch(batch)
+        t = self.sample_t(b.tokens.shape[0], generator, b.tokens.device)
+        nll, masked = self._masked_nll(model, b, t, generator)
         n_masked = masked.sum().clamp_min(1)
         ce = nll.sum() / n_masked
-        nelbo = (self.weight(t) * nll.sum(-1)).mean() / x0.shape[1]  # nats per token
+        nelbo = per_token(self.weight(t) * nll.sum(-1), b)  # nats per counted token
         loss = nelbo if self.weighting == "elbo" else ce
         return {"loss": loss, "nelbo": nelbo.detach(), "masked_ce": ce.detach()}

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig, apply_overrides
+from ..data.batches import as_batch
 from ..errors import UserError
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
@@ -248,12 +249,13 @@ class Trainer:
         self.backbone.train()
         while self.step < cfg.max_steps:
             lr = set_lr(self.optimizer, self.step, cfg)
-            batch = self.batches.batch(self.step, self.rank, self.world).to(self.device)  # (B / world, L)
+            # a Batch (tokens (B / world, L), loss mask, condition); a source's bare tensor counts everywhere
+            batch = as_batch(self.batches.batch(self.step, self.rank, self.world)).to(self.device)
             if self.reseed_each_step:  # noise of (seed, step, rank): a resume needs no generator state
                 reseed_step(self.noise, cfg.seed, self.step, self.rank)
             self.optimizer.zero_grad(set_to_none=True)
             metrics = {}
-            chunks = batch.chunk(cfg.grad_accum)
+            chunks = batch.chunk(cfg.grad_accum)  # Batch.chunk: every field split by rows
             for i, chunk in enumerate(chunks):  # gradient accumulation over micro-batches
                 with no_sync(self.train_module, last=i == len(chunks) - 1):  # DDP: one all-reduce per step
                     out = objective(self.train_module, chunk, self.noise)
