@@ -50,7 +50,8 @@ def linear_betas(steps: int, process=None, beta_start: float = 0.02, beta_end: f
 def mutual_information_betas(steps: int, process=None, unigram=None) -> torch.Tensor:
     """Betas so that I(x_t; x_0) falls linearly from H(x_0) to 0 (Austin et al. 2021, section 4)."""
     if process is None:
-        raise UserError("the mutual_information schedule needs the process it is built for")
+        # the process passes itself (D3PMProcess._make_betas): a bug, not a user's mistake
+        raise ValueError("the mutual_information schedule needs the process it is built for")
     p0 = unigram_or_uniform(unigram, process.vocab_size)
     return process.mutual_information_betas(steps, p0)
 
