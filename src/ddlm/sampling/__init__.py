@@ -28,6 +28,16 @@ def sampler_names() -> tuple[str, ...]:
     return SAMPLERS
 
 
+def sampler_options_of(sampler: str) -> tuple[str, ...]:
+    """The option names a step rule takes through planner_options (for help texts): remask's; () otherwise
+    (planned takes its planner's: planners.planner_options_of)."""
+    if sampler == "remask":
+        from .remask import RemaskRule
+
+        return RemaskRule.options
+    return ()
+
+
 def causal_options(sampler: str, planner: str, steps: int, temperature: float, planner_options=None) -> dict:
     """Autoregressive sampling: left to right, one token per call; only the temperature matters."""
     if planner_options:

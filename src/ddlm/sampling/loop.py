@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 from .core import Hooks, StepRule, expand_fixed, new_state, run
 from .denoiser import Denoiser, SampleOutput, check_sampling_args  # noqa: F401  (re-exported)
-from .planners import commit_counts
+from .planners import commit_counts, unmask_counts_batch
 
 
 class MaskedRule(StepRule):
@@ -30,7 +29,8 @@ class MaskedRule(StepRule):
     def __init__(self, process, rule: str = "ancestral", planner=None, temperature: float = 1.0,
                  cached: bool = False):
         if rule not in COMMIT_RULES:
-            raise UserError(f"unknown step rule {rule!r}; choose one of {', '.join(COMMIT_RULES)}, remask")
+            # masked_options names the rule; a user's --sampler is checked there
+            raise ValueError(f"unknown step rule {rule!r}; choose one of {', '.join(COMMIT_RULES)}, remask")
         self.process, self.commit, self.planner = process, COMMIT_RULES[rule], planner
         self.temperature, self.cached = temperature, cached
 
@@ -49,17 +49,31 @@ class MaskedRule(StepRule):
         masked, n = state.noisy, state.x.shape[0]
         t = torch.full((n,), state.t, device=ctx.device)
         s = torch.full((n,), state.s, device=ctx.device)
+        # a planner's non-linear commit schedule: k from the whole run's counts (the linear default keeps the
+        # online ceil(n_masked / steps_left) of planned_rule)
+        extra = {} if getattr(self.planner, "schedule", "linear") == "linear" else {"k": self._scheduled_k(state)}
         if getattr(self.planner, "needs_candidates", False):  # e.g. RDM routing scores the proposed tokens
             tokens = ctx.propose(logp, None, state, self.temperature)  # (B, L), float64 Gumbel-max
             commit = self.commit(self.process, logp, masked, t, s, state.steps_left, self.planner, tokens,
-                                 ctx.generator) & masked
+                                 ctx.generator, **extra) & masked
             state.x = torch.where(commit, tokens, state.x)
         else:
             commit = self.commit(self.process, logp, masked, t, s, state.steps_left, self.planner, None,
-                                 ctx.generator) & masked
+                                 ctx.generator, **extra) & masked
             if commit.any():  # draw tokens only where they are committed: most ancestral steps commit nothing
                 state.x = ctx.propose(logp, commit, state, self.temperature)
         state.noisy = self.process.is_masked(state.x)
+
+    def _scheduled_k(self, state) -> torch.Tensor:
+        """(B,) positions to commit now so that after this step as many stay masked as `unmask_counts(n0, steps,
+        planner.schedule)` leaves, n0 = the row's masked positions at the first step (an exact planner commits
+        exactly unmask_counts; one that commits more, e.g. confidence, is not asked for what it did early)."""
+        left = state.memo.get("left_after")  # (B, steps): masked positions left after each step
+        if left is None:
+            n0 = state.noisy.sum(-1).cpu()
+            counts = unmask_counts_batch(n0, state.steps, self.planner.schedule)  # (B, steps)
+            left = state.memo["left_after"] = (n0[:, None] - counts.cumsum(-1)).to(state.noisy.device)
+        return (state.noisy.sum(-1) - left[:, state.step]).clamp_min(0)
 
 
 @torch.no_grad()
@@ -78,7 +92,8 @@ def sample_masked(backbone, process, n: int, length: int, steps: int, *, rule: s
         from .remask import remask_rule
 
         if cached:
-            raise UserError("the remask sampler re-evaluates every row each step; it has no cached variant")
+            # masked_options never asks for it (--sampler cached is ancestral): only a direct call gets here
+            raise ValueError("the remask sampler re-evaluates every row each step; it has no cached variant")
         step_rule = remask_rule(process, temperature, **(remask or {}))
     else:
         step_rule = MaskedRule(process, rule, planner, temperature, cached)
@@ -96,14 +111,14 @@ def ancestral_rule(process, logp, masked, t, s, steps_left, planner, tokens, gen
     return masked & (u < p)
 
 
-def planned_rule(process, logp, masked, t, s, steps_left, planner, tokens, generator):
-    """A planner commits ceil(n_masked / steps_left) positions per row (a linear unmasking schedule)."""
-    if planner is None:
-        raise UserError("the planned sampler needs a planner (--planner)")
+def planned_rule(process, logp, masked, t, s, steps_left, planner, tokens, generator, k=None):
+    """A planner commits k (B,) positions per row; by default ceil(n_masked / steps_left), the linear schedule."""
+    if planner is None:  # get_planner always gives one: only a direct call can get here
+        raise ValueError("planned_rule needs a planner (MaskedRule(rule='planned', planner=get_planner(...)))")
     if steps_left == 1:
         return masked  # the last step commits everything left (a threshold planner may lag behind)
-    # the planners' online linear schedule, seen from now: step 0 of the steps_left still to come
-    k = commit_counts(masked.sum(-1), 0, steps_left)  # (B,) = ceil(n_masked / steps_left)
+    if k is None:  # the planners' online linear schedule, seen from now: step 0 of the steps_left still to come
+        k = commit_counts(masked.sum(-1), 0, steps_left)  # (B,) = ceil(n_masked / steps_left)
     return planner(logp, masked, k, candidates=tokens, generator=generator)
 
 

@@ -100,11 +100,12 @@ def top_k_masked(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) ->
 
 
 def _check_inputs(logprobs, masked, k) -> torch.Tensor:
-    """Validate shapes; return k as a (B,) long tensor on the device of `masked`."""
+    """Validate shapes; return k as a (B,) long tensor on the device of `masked`. The samplers build these
+    tensors, so a mismatch is a bug: ValueError with its traceback (user options are UserErrors)."""
     if logprobs.dim() != 3:
-        raise UserError(f"planner expects logprobs of shape (B, L, V), got {tuple(logprobs.shape)}")
+        raise ValueError(f"planner expects logprobs of shape (B, L, V), got {tuple(logprobs.shape)}")
     if masked.shape != logprobs.shape[:2] or masked.dtype != torch.bool:
-        raise UserError(
+        raise ValueError(
             f"planner expects `masked` as a bool tensor of shape {tuple(logprobs.shape[:2])}, "
             f"got {masked.dtype} {tuple(masked.shape)}")
     B = masked.shape[0]
@@ -112,10 +113,10 @@ def _check_inputs(logprobs, masked, k) -> torch.Tensor:
     if k.dim() == 0:
         k = k.expand(B)
     if k.shape != (B,) or k.is_floating_point() or k.dtype == torch.bool:
-        raise UserError(f"planner expects k as an int or a (B,) = ({B},) integer tensor, got {k.dtype} "
+        raise ValueError(f"planner expects k as an int or a (B,) = ({B},) integer tensor, got {k.dtype} "
                         f"{tuple(k.shape)}")
     if bool((k < 0).any()):
-        raise UserError(f"planner got a negative number of positions to commit: {k.tolist()}")
+        raise ValueError(f"planner got a negative number of positions to commit: {k.tolist()}")
     return k.long()
 
 
@@ -135,10 +136,14 @@ def _number(value, what: str) -> float:
 
 
 class Planner:
-    """Base: `score` gives (B, L) scores, higher first; `__call__` takes the top k masked positions."""
+    """Base: `score` gives (B, L) scores, higher first; `__call__` takes the top k masked positions.
+
+    `schedule` (linear or cosine, see `unmask_counts`) is how many positions the planned sampler asks for per
+    step; every planner takes it through get_planner (COMMON_OPTIONS), beside its own `options`."""
 
     name = "planner"
-    options: tuple[str, ...] = ()  # the keyword options get_planner accepts
+    options: tuple[str, ...] = ()  # the planner's own keyword options (its constructor's)
+    schedule = "linear"  # the commit schedule of the planned sampler (set by get_planner)
 
     def score(self, logprobs, candidates=None, generator=None) -> torch.Tensor:
         raise NotImplementedError
@@ -238,9 +243,9 @@ class RDMPlanner(_PerturbedPlanner):
 
     def base_score(self, logprobs, candidates):
         if candidates is None:
-            raise UserError("the rdm planner scores the proposed tokens: pass candidates=(B, L) token ids")
+            raise ValueError("the rdm planner scores the proposed tokens: pass candidates=(B, L) token ids")
         if candidates.shape != logprobs.shape[:2]:
-            raise UserError(f"rdm planner expects candidates of shape {tuple(logprobs.shape[:2])}, "
+            raise ValueError(f"rdm planner expects candidates of shape {tuple(logprobs.shape[:2])}, "
                             f"got {tuple(candidates.shape)}")
         return candidate_scores(logprobs, candidates)
 
@@ -281,9 +286,9 @@ SCHEDULES = ("linear", "cosine")
 
 def _check_schedule(steps: int, schedule: str) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"the number of sampling steps must be a positive integer, got {steps!r}")
+        raise ValueError(f"the number of sampling steps must be a positive integer, got {steps!r}")
     if schedule not in SCHEDULES:
-        raise UserError(f"unknown unmasking schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown unmasking schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def unmask_counts_batch(n: torch.Tensor, steps: int, schedule: str = "linear") -> torch.Tensor:
@@ -296,9 +301,9 @@ def unmask_counts_batch(n: torch.Tensor, steps: int, schedule: str = "linear") -
     _check_schedule(steps, schedule)
     n = torch.as_tensor(n)
     if n.dim() != 1 or n.is_floating_point() or n.dtype == torch.bool:
-        raise UserError(f"unmask counts need n as a (B,) integer tensor, got {n.dtype} {tuple(n.shape)}")
+        raise ValueError(f"unmask counts need n as a (B,) integer tensor, got {n.dtype} {tuple(n.shape)}")
     if bool((n < 0).any()):
-        raise UserError(f"the number of positions to unmask must be >= 0, got {n.tolist()}")
+        raise ValueError(f"the number of positions to unmask must be >= 0, got {n.tolist()}")
     n = n.long()
     s = torch.arange(steps, device=n.device)  # (steps,)
     if schedule == "linear":
@@ -312,7 +317,7 @@ def unmask_counts_batch(n: torch.Tensor, steps: int, schedule: str = "linear") -
 def unmask_counts(n: int, steps: int, schedule: str = "linear") -> list[int]:
     """How many of n masked positions to commit at each of `steps` steps: a list summing to n."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise UserError(f"the number of positions to unmask must be an integer >= 0, got {n!r}")
+        raise ValueError(f"the number of positions to unmask must be an integer >= 0, got {n!r}")
     return unmask_counts_batch(torch.tensor([n]), steps, schedule)[0].tolist()
 
 
@@ -326,7 +331,7 @@ def commit_counts(n_masked: torch.Tensor, step: int, steps: int, schedule: str =
     """
     _check_schedule(steps, schedule)
     if not 0 <= step < steps:
-        raise UserError(f"step must be in [0, {steps}), got {step!r}")
+        raise ValueError(f"step must be in [0, {steps}), got {step!r}")
     n = n_masked.long()
     left = steps - step
     if left == 1:
@@ -351,22 +356,42 @@ PLANNERS = {
 }
 
 
-def get_planner(name: str, **options) -> Planner:
-    """A planner by name ("top-margin" and "top_margin" both work) with its keyword options."""
+COMMON_OPTIONS = ("schedule",)  # options every planner takes (read by the planned sampler, not the score)
+
+
+def _planner_class(name: str):
     key = str(name).strip().lower().replace("-", "_")
     if key not in PLANNERS:
         raise UserError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
-    cls = PLANNERS[key]
-    unknown = sorted(set(options) - set(cls.options))
+    return key, PLANNERS[key]
+
+
+def get_planner(name: str, **options) -> Planner:
+    """A planner by name ("top-margin" and "top_margin" both work) with its keyword options (its own, and
+    schedule=linear|cosine: the planned sampler's commit schedule)."""
+    key, cls = _planner_class(name)
+    unknown = sorted(set(options) - set(planner_options_of(key)))
     if unknown:
-        valid = ", ".join(cls.options) if cls.options else "none"
-        raise UserError(f"planner {key} does not take option(s) {', '.join(unknown)}; its options: {valid}")
-    return cls(**options)
+        raise UserError(f"planner {key} does not take option(s) {', '.join(unknown)}; its options: "
+                        f"{', '.join(planner_options_of(key))}")
+    own = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
+    planner = cls(**own)
+    schedule = str(options.get("schedule", "linear")).strip().lower()
+    if schedule not in SCHEDULES:
+        raise UserError(f"planner option schedule must be one of {', '.join(SCHEDULES)}, got {options['schedule']!r}")
+    if schedule != Planner.schedule:
+        planner.schedule = schedule  # the default stays a class attribute: repr and equality unchanged
+    return planner
 
 
 def planner_names() -> tuple[str, ...]:
     """The planner names get_planner accepts (for help texts)."""
     return tuple(PLANNERS)
+
+
+def planner_options_of(name: str) -> tuple[str, ...]:
+    """The option names planner `name` takes (its own, then COMMON_OPTIONS), for help texts and checks."""
+    return (*_planner_class(name)[1].options, *COMMON_OPTIONS)
 
 
 def parse_planner_options(items, planner: str = "top_margin", sampler: str = "planned") -> dict:
@@ -377,10 +402,8 @@ def parse_planner_options(items, planner: str = "top_margin", sampler: str = "pl
 
         what, valid = "the remask sampler", RemaskRule.options
     else:
-        key = str(planner).strip().lower().replace("-", "_")
-        if key not in PLANNERS:
-            raise UserError(f"unknown planner {planner!r}; choose one of {', '.join(PLANNERS)}")
-        what, valid = f"planner {key}", PLANNERS[key].options
+        key = _planner_class(planner)[0]
+        what, valid = f"planner {key}", planner_options_of(key)
     out = {}
     for item in items or ():
         name, eq, value = str(item).partition("=")
