@@ -87,6 +87,11 @@ def test_one_row_is_shared_and_n_rows_are_per_sample(tiny_run):
     ({"length": 2.5}, "length must be a positive whole number"),
     ({"seed": -1}, "seed must be a whole number"),
     ({"temperature": -1.0}, r"temperature must be in \[0, 100\]"),
+    ({"planner_options": ["gumbel=1"]}, "planner_options must be a dict"),
+    ({"sampler": "planned", "planner": "top_prob", "planner_options": {"tau": 1}},
+     "planner top_prob does not take option.s. tau; its options: gumbel, schedule"),
+    ({"sampler": "planned", "planner_options": {"schedule": "sqrt"}}, "schedule must be one of linear, cosine"),
+    ({"planner_options": {"gumbel": 0.5}}, "the ancestral sampler takes no planner options"),
 ])
 def test_bad_arguments_are_one_line_user_errors(tiny_run, kwargs, message):
     _, model = tiny_run

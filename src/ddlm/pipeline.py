@@ -93,7 +93,7 @@ class SequenceModel(torch.nn.Module):
                  prompt: str | None = None, fixed=None, fixed_mask=None, stride: int | None = None,
                  seed: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, kv_cache: bool = False,
                  kv_refresh: int = 0, compile: bool = False, progress: bool = False,
-                 decode: bool = True) -> SampleOutput:
+                 decode: bool = True, planner_options: dict | None = None) -> SampleOutput:
         """Sample n sequences, `batch_size` at a time (one generator runs through the batches, so a seed
         reproduces a sample at the same batch size). Random unless `seed` is given; `out.seed` is the seed used.
 
@@ -107,6 +107,11 @@ class SequenceModel(torch.nn.Module):
         steps would only add network calls that decode nothing. ReMDM re-masking and RDM routing that re-noises
         (routing_condition cond/uncond) keep every step: there a step may revise a token.
 
+        planner_options: options of the planner (sampler planned: {"gumbel": 0.5} for top_prob/top_margin/
+        entropy, {"threshold": 0.8} for confidence, {"schedule": "cosine"} for any) or of the remask sampler
+        ({"schedule": "cap", "eta": 0.05, ...}); an unknown key is a UserError naming the valid ones. None
+        takes the model's sample.planner_options when the sampler and planner are the model's own, else none.
+
         kv_cache (masked diffusion only): in each sliding block after the first, the finished prefix goes
         through the network once (the block's first step) and its keys/values are reused by the later steps,
         which run only the block's tokens (an approximation, see sampling.blockwise.PrefixKVBackbone);
@@ -118,7 +123,8 @@ class SequenceModel(torch.nn.Module):
         8 x 128 x 128 on a 2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by
         default."""
         req = self._request(n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride,
-                            seed, batch_size, kv_cache, kv_refresh, decode, keep_all=True)
+                            seed, batch_size, kv_cache, kv_refresh, decode, keep_all=True,
+                            planner_options=planner_options)
         parts = list(self._batches(req, compile, progress, decode))
         out = SampleOutput(torch.cat([p.tokens for p in parts]), sum(p.nfe for p in parts),
                            sum(p.row_evals for p in parts), sum(p.seconds for p in parts))
@@ -134,17 +140,17 @@ class SequenceModel(torch.nn.Module):
         write samples out as they come and never hold all of them. The arguments are checked at the call,
         before the first batch."""
         known = {"sampler", "planner", "temperature", "prompt", "fixed", "fixed_mask", "stride", "seed",
-                 "kv_cache", "kv_refresh"}
+                 "kv_cache", "kv_refresh", "planner_options"}
         if set(options) - known:
             raise TypeError(f"iter_generate() got unexpected keyword arguments {sorted(set(options) - known)}")
         o = {k: options.get(k) for k in known}
         req = self._request(n, length, steps, o["sampler"], o["planner"], o["temperature"], o["prompt"],
                             o["fixed"], o["fixed_mask"], o["stride"], o["seed"], batch_size, bool(o["kv_cache"]),
-                            o["kv_refresh"] or 0, decode, keep_all=False)
+                            o["kv_refresh"] or 0, decode, keep_all=False, planner_options=o["planner_options"])
         return self._batches(req, compile, progress, decode)
 
     def _request(self, n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride, seed,
-                 batch_size, kv_cache, kv_refresh, decode, keep_all) -> dict:
+                 batch_size, kv_cache, kv_refresh, decode, keep_all, planner_options=None) -> dict:
         """Every argument checked once, before any sampling: a mistake is a one-line UserError."""
         from .sampling import options as sampling_options
 
@@ -165,7 +171,13 @@ class SequenceModel(torch.nn.Module):
         temperature = sc.temperature if temperature is None else temperature
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
             raise UserError(f"temperature must be in [0, 100], got {temperature!r}")
-        opts = sampling_options(self.family, sampler or sc.sampler, planner or sc.planner, steps, temperature)
+        sampler, planner = sampler or sc.sampler, planner or sc.planner
+        if planner_options is None:  # the model's own options belong to its own sampler and planner
+            own = sampler == sc.sampler and (sampler != "planned" or planner == sc.planner)
+            planner_options = dict(sc.planner_options) if own else {}
+        elif not isinstance(planner_options, dict) or not all(isinstance(k, str) for k in planner_options):
+            raise UserError(f"planner_options must be a dict of option names to values, got {planner_options!r}")
+        opts = sampling_options(self.family, sampler, planner, steps, temperature, planner_options=planner_options)
         return {"n": n, "length": length, "fixed": fixed, "fixed_mask": fixed_mask, "stride": stride,
                 "seed": draw_seed() if seed is None else _check_seed(seed), "batch_size": batch_size,
                 "kv_cache": kv_cache, "kv_refresh": kv_refresh, "opts": opts}

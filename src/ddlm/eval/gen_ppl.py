@@ -174,11 +174,11 @@ def score_texts(texts: list[str], judge) -> dict:
 
 def generative_perplexity(model, judge, *, n: int = 8, length: int | None = None, steps: int | None = None,
                           sampler: str | None = None, planner: str | None = None, seed: int = 0,
-                          batch_size: int = 32, progress: bool = False) -> dict:
+                          batch_size: int = 32, progress: bool = False, planner_options: dict | None = None) -> dict:
     """Sample n sequences from `model` (batch_size at a time), score them with `judge`; entropy of the
-    model's own tokens beside it."""
+    model's own tokens beside it. planner_options: as in `SequenceModel.generate`."""
     out = model.generate(n=n, length=length, steps=steps, sampler=sampler, planner=planner, seed=seed,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, progress=progress, planner_options=planner_options)
     result = score_texts(out.texts, judge)
     result.update(entropy=unigram_entropy(out.tokens), judge=judge.name, n_samples=n,
                   length=int(out.tokens.shape[1]), nfe=out.nfe, sample_seconds=out.seconds)

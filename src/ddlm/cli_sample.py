@@ -1,0 +1,99 @@
+"""`ddlm sample DIR`: draw samples from a run or model directory (thin over SequenceModel.generate)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .cli_common import (_add_device, _add_threads, _device, _float, _plural, _positive_int, _seed, _threads,
+                         add_planner_options, planner_options_from)
+from .errors import UserError
+
+SAMPLE_THREADS = 1  # measured on a busy 2-core machine: 1 thread ran 4 x 256 tokens 2.3-4x faster than 2 (README)
+
+
+def cmd_sample(args) -> int:
+    from .pipeline import SequenceModel, draw_seed
+
+    _threads(args.threads, SAMPLE_THREADS)
+    model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
+    if args.planner is not None:
+        from .sampling.planners import get_planner
+
+        get_planner(args.planner)  # an unknown name is a UserError listing the valid ones
+        sampler = args.sampler or model.cfg.sample.sampler
+        if sampler != "planned":
+            raise UserError(f"--planner chooses the order of --sampler planned, but this run samples with "
+                            f"{sampler!r}; add --sampler planned")
+    planner_options = planner_options_from(args, model.cfg)  # an unknown key: one line, before any sampling
+    seed = draw_seed() if args.seed is None else args.seed
+    options = dict(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler, planner=args.planner,
+                   planner_options=planner_options, temperature=args.temperature, prompt=args.prompt, seed=seed,
+                   batch_size=args.batch_size, kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0,
+                   compile=args.compile, progress=not args.json and sys.stderr.isatty())  # a bar only for a person
+    context = model.cfg.model.max_len
+    if args.kv_cache and (args.length or context) <= context:
+        print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
+              f"{context}-token context, no finished prefix)", file=sys.stderr)
+    note = None if args.seed is not None else f"note: seed {seed} (add --seed {seed} to draw these samples again)"
+    if args.json:  # one object: every sample is kept (generate refuses a result that cannot fit in memory)
+        out = model.generate(**options)
+        if note:
+            print(note, file=sys.stderr)
+        print(json.dumps({"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
+                          "seconds": round(out.seconds, 4), "seed": out.seed}))
+        return 0
+    count = nfe = row_evals = length = 0
+    seconds = 0.0
+    parts = model.iter_generate(**options)  # checks every option now; samples come batch by batch
+    if note:
+        print(note, file=sys.stderr)
+    for part in parts:  # written batch by batch: --n is bounded by time, not memory
+        for text in part.texts:
+            count += 1
+            print(f"--- sample {count} ---\n{text}")
+        sys.stdout.flush()
+        nfe, row_evals, seconds = nfe + part.nfe, row_evals + part.row_evals, seconds + part.seconds
+        length = part.tokens.shape[1]
+    print(f"--- {_plural(count, 'sample')}, {_plural(length, 'token')} each, NFE {nfe} "
+          f"({_plural(row_evals, 'row evaluation')}), {seconds:.2f} s")
+    return 0
+
+
+def register(sub) -> None:
+    """Add `ddlm sample` to the subcommands `sub`."""
+    from .pipeline import DEFAULT_BATCH_SIZE
+    from .sampling import sampler_names
+    from .sampling.planners import planner_names
+
+    s = sub.add_parser("sample", help="generate samples from a run or model directory")
+    s.add_argument("model", metavar="DIR", help="run directory or save_pretrained directory")
+    s.add_argument("--n", type=_positive_int, default=4, help="number of samples (default 4)")
+    s.add_argument("--length", type=_positive_int, help="tokens per sample (default: the context length; "
+                   "longer samples are generated in sliding blocks)")
+    s.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's sample.steps; "
+                   "capped at the number of positions to decode, per block)")
+    s.add_argument("--sampler", choices=sampler_names(), metavar="NAME", help=f"one of {', '.join(sampler_names())} "
+                   "(default: the model's sample.sampler); a family refuses a sampler it does not have, naming "
+                   "those it has")
+    s.add_argument("--planner", metavar="NAME", help=f"order of --sampler planned: {', '.join(planner_names())} "
+                   "(default: the model's sample.planner)")
+    add_planner_options(s)
+    s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
+    s.add_argument("--prompt", help="text the samples start with")
+    s.add_argument("--seed", type=_seed, help="random seed (default: a fresh one, printed on stderr so that the "
+                   "samples can be drawn again)")
+    s.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="samples per network "
+                   f"batch (default {DEFAULT_BATCH_SIZE}); without --json each batch is printed as soon as it is done")
+    _add_threads(s, SAMPLE_THREADS)
+    s.add_argument("--kv-cache", action="store_true", help="mdlm, --length beyond the context: in each sliding "
+                   "block after the first, run the finished prefix through the network once and reuse its keys/"
+                   "values for the block's later steps (faster, approximate; no effect within the context)")
+    s.add_argument("--kv-refresh", type=_positive_int, metavar="N", help="with --kv-cache: recompute the prefix "
+                   "keys/values every N network calls (default: only at each block's first step)")
+    s.add_argument("--compile", action="store_true", help="run the network under torch.compile: the first call "
+                   "compiles (tens of seconds on a CPU), later ones ran 1.1-1.3x faster in benchmarks/sampling.py "
+                   "--compile; pays only for long sampling jobs")
+    _add_device(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_sample)
