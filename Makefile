@@ -1,12 +1,12 @@
 # Two commands set everything up on a fresh machine with only Python:
 #   make demo   train the `quick` preset on the default corpus, then sample and evaluate
-#   make test   the whole test suite
+#   make test   the whole test suite (make test-fast: without the tests marked slow)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddlm-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the edit-test loop: skips the tests marked @pytest.mark.slow (SIGKILL resume, DDP, long trainings)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/families.py --quick

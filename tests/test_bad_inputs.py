@@ -200,6 +200,7 @@ def test_overrides_may_follow_options(env):
     assert "seed: 5" in (env / "late" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_bad_input_through_a_real_process(env):
     argv = ["train", "--preset", "tiny", "--out", str(env / "sub"), "--data", str(env / "binary.bin")]
     p = subprocess.run([sys.executable, "-m", "ddlm", *argv], capture_output=True, text=True, timeout=120)
@@ -220,6 +221,7 @@ def _assert_clean(status, err):
         assert err.count("\n") == 1 and err.startswith("ddlm"), repr(err)
 
 
+@pytest.mark.slow
 @FUZZ
 @example(opts={"--prompt": "--help"})  # "--help" as a value: a prompt like any other
 @example(opts={"--n": "--help"})
@@ -248,6 +250,7 @@ _yaml_value = st.one_of(_values, st.sampled_from(["[9, 9]", "[]", "{a: 1}", "tru
                                                   "mdlm", "cosine", "1.0e+9", "0.5", "[1, 2, 3]"]))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(overrides=st.lists(st.one_of(st.tuples(_field, _yaml_value).map("=".join), st.text(max_size=20)),
                           max_size=3))

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ddlm.cli import main
 
 
@@ -33,6 +35,7 @@ def test_ar_family_and_resume(tmp_path, capsys):
     assert m["exact"] is True and m["ci95"] == 0.0
 
 
+@pytest.mark.slow
 def test_real_process_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddlm", "sample", str(tmp_path / "missing")], capture_output=True,
                        text=True)

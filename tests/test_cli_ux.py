@@ -171,6 +171,7 @@ def test_gen_ppl_prints_its_interval(tiny_run, capsys, monkeypatch):
     assert "1 sample x 8 tokens" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_output_cut_short_by_the_reader_is_not_an_error(tiny_run):
     import subprocess
 

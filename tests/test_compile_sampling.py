@@ -1,5 +1,6 @@
 """generate(compile=True): the backbone runs under torch.compile, kept outside the saved weights."""
 
+import pytest
 import torch
 
 from ddlm import SequenceModel, apply_overrides, load_preset, pipeline
@@ -13,6 +14,7 @@ def _model():
     return SequenceModel(cfg, CharTokenizer("abcdefgh")).eval()
 
 
+@pytest.mark.slow
 def test_compiled_sampling_matches_eager_and_stays_out_of_the_weights(tmp_path, monkeypatch):
     # dynamo traces the real model (graph breaks or errors would show here); the "eager" backend runs the captured
     # graph without inductor's C++ build (40 s on 2 cores); benchmarks/sampling.py --compile times inductor

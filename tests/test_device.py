@@ -293,6 +293,7 @@ def _place_worker(rank: int, world: int, root: str, port: int) -> None:
     distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_place_itself_stops_every_rank(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -106,6 +106,7 @@ def two_ranks(tmp_path_factory):
     return root, [torch.load(root / f"rank{r}.pt") for r in range(2)]
 
 
+@pytest.mark.slow
 def test_ranks_end_with_identical_weights(two_ranks):
     _, (r0, r1) = two_ranks
     for name in ("ar", "ar_ema", "mdlm", "mdlm_ema"):
@@ -113,6 +114,7 @@ def test_ranks_end_with_identical_weights(two_ranks):
             assert torch.equal(r0[name][k], r1[name][k]), (name, k)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tmp_path):
     from ddlm.train.loop import Trainer
 
@@ -127,12 +129,14 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tmp_p
     assert max(float((r0["ar_init"][k] - single[k]).abs().max()) for k in single) > 1e-3
 
 
+@pytest.mark.slow
 def test_an_interrupt_on_one_rank_stops_all_ranks_after_the_same_step(two_ranks):
     root, (r0, r1) = two_ranks
     assert r0["stopped"] == r1["stopped"] == 3
     assert _newest(root / "stop")["step"] == 3
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli_with_two_ranks_is_exact(two_ranks):
     root, (r0, _) = two_ranks
     state = _newest(root / "mdlm")

@@ -160,6 +160,7 @@ def test_d3pm_time_grid_and_sampler_nfe():
     assert (out.tokens[:, 0] == 2).all() and (out.tokens[:, 3] == 1).all()
 
 
+@pytest.mark.slow
 def test_d3pm_absorbing_sampler_with_oracle_at_one_token_per_step_reproduces_the_distribution():
     """With T = 256 steps and L = 3 tokens two tokens rarely unmask in the same step (about 1% of samples), so
     the sampler is the oracle's random-order factorisation up to a bias the chi-square at 4000 samples cannot

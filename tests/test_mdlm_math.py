@@ -82,6 +82,7 @@ def test_discrete_elbo_upper_bounds_entropy_and_tightens_with_T():
     assert gaps[2] < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cached", [False, True])
 def test_ancestral_sampler_with_oracle_reproduces_distribution(cached):
     toy = ToyDistribution(3, 3, seed=3)

@@ -46,6 +46,7 @@ def test_each_panel_draws_each_runs_numbers(tmp_path):
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["first", "second"]
 
 
+@pytest.mark.slow
 def test_cli_writes_a_tagged_png_and_replaces_only_its_own(tmp_path):
     a, b = _two_runs(tmp_path)
     status, out, _ = run_cli(["plot", str(a)])

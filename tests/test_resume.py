@@ -125,6 +125,7 @@ def _wait_then_kill(proc, run: Path, mode: str, rng: random.Random) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
     ref = tmp_path / "ref"
     assert _train(ref) == 0
@@ -198,6 +199,7 @@ def test_no_intact_checkpoint_is_reported(tmp_path, finished_run, capsys):
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny", "--out", str(run),

@@ -155,6 +155,7 @@ def test_resume_accepts_changed_training_only_fields(tmp_path, run_dir):
 
 
 # ---- 3. sizes that cannot fit, and a second signal ---------------------------------------------------------
+@pytest.mark.slow
 def test_a_context_that_cannot_fit_is_refused_at_once_with_one_line(tmp_path):
     out = tmp_path / "huge"
     t0 = time.monotonic()
@@ -184,6 +185,7 @@ def test_memory_estimate_warns_above_half_and_refuses_above_all(monkeypatch):
     assert bigger > need
 
 
+@pytest.mark.slow
 def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
     run = tmp_path / "run"
     # a long step (a 2048-token context): the first signal asks the step to finish, the second must not wait
@@ -215,6 +217,7 @@ def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
 
 
 # ---- output ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_log_file_gets_plain_lines_and_a_start_line(tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "stderr.txt"

@@ -42,6 +42,7 @@ def test_sigma_zero_is_the_ancestral_sampler_token_for_token(schedule):
     assert a.nfe == b.nfe  # nothing can re-mask, so it stops as early as ancestral
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule,eta", [("cap", 0.1), ("rescale", 0.3), ("loop", 0.1)])
 def test_remasking_with_the_oracle_reproduces_the_distribution(schedule, eta):
     """The moves keep MDLM's marginals q(z_t | x_0), so with an exact denoiser and small steps the samples
@@ -57,6 +58,7 @@ def test_remasking_with_the_oracle_reproduces_the_distribution(schedule, eta):
     assert (out.tokens < 3).all()
 
 
+@pytest.mark.slow
 def test_confidence_remasking_is_not_exact():
     """conf re-masks the least confident tokens first, a choice that depends on the tokens: the chi-square test
     above has the power to see it."""
