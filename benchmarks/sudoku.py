@@ -68,6 +68,74 @@ def run(model, sets: dict, planners, limit: int | None, batch_size: int, progres
     return rows
 
 
+def remask_sweep(model, sets: dict, limit: int | None, batch_size: int, budgets, tries: int, options: dict,
+                 conf_budgets, conf_limit: int | None, progress: bool) -> list[dict]:
+    """First-try solve rate against NFE per puzzle: top-margin, symmetry retries (after each try), the conflict
+    re-masker at each budget and ReMDM's conf. Puzzles the single pass solves never break a rule, so the
+    conflict re-masker leaves them untouched (token for token, tests/test_sudoku_remask.py): each budget runs
+    on the single pass's failures only, and their cost is added to the solved puzzles' single-pass cost."""
+    rows = []
+    for set_name, path in sets.items():
+        puzzles, solutions = load_csv(path, limit=limit)
+        n = len(puzzles)
+        rep = evaluate_sudoku(model, puzzles, solutions, batch_size=batch_size, tries=tries)
+        for k, (solved, nfe) in enumerate(zip(rep["solved_by_try"], rep["nfe_by_try"])):
+            rows.append({"set": set_name, "method": "top_margin" if k == 0 else "retries", "budget": k + 1,
+                         "n": n, "solved": solved, "nfe": nfe})
+        fails = np.flatnonzero(~rep["first_try_mask"])
+        ok_cost = rep["nfe_by_try"][0] * n - (puzzles[fails] == 0).sum()  # the first try's cost of the others
+        for b in budgets:
+            r = evaluate_sudoku(model, puzzles[fails], solutions[fails], batch_size=batch_size, sampler="remask",
+                                remask={**options, "budget": b}) if len(fails) else {"solved": 0, "row_evals": 0}
+            rows.append({"set": set_name, "method": "remask conflict", "budget": b, "n": n,
+                         "solved": int(rep["solved_first_try"] + r["solved"]), "nfe": float((ok_cost + r["row_evals"]) / n)})
+            if progress:
+                print(f"  {set_name} conflict budget {b}: {rows[-1]['solved']}/{n}", file=sys.stderr)
+        sub_p, sub_s = puzzles[:conf_limit], solutions[:conf_limit]
+        for b in conf_budgets:
+            r = evaluate_sudoku(model, sub_p, sub_s, batch_size=batch_size, sampler="remask",
+                                remask={"schedule": "conf", "budget": b})
+            rows.append({"set": set_name, "method": "remask ReMDM conf", "budget": b, "n": r["n"],
+                         "solved": r["solved"], "nfe": r["nfe"]})
+    return rows
+
+
+def print_remask(rows: list[dict]) -> None:
+    print(f"{'set':16s} {'method':18s} {'tries/budget':>12s} {'n':>5s} {'solved':>7s} {'1st try':>8s} {'NFE':>6s}")
+    for r in rows:
+        print(f"{r['set']:16s} {r['method']:18s} {r['budget']:12d} {r['n']:5d} {r['solved']:7d} "
+              f"{100 * r['solved'] / r['n']:7.1f}% {r['nfe']:6.1f}")
+
+
+def plot_remask(rows: list[dict], path: Path) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed; the table above holds the same numbers"
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
+        sub = [r for r in rows if r["set"] == set_name]
+        curves = {"retries (symmetry)": [r for r in sub if r["method"] in ("top_margin", "retries")],
+                  "re-mask conflicts": [r for r in sub if r["method"] == "remask conflict"],
+                  "ReMDM conf": [r for r in sub if r["method"] == "remask ReMDM conf"]}
+        for label, pts in curves.items():
+            if pts:
+                ax.plot([r["nfe"] for r in pts], [100 * r["solved"] / r["n"] for r in pts], marker="o", ms=3,
+                        label=label)
+        base = sub[0]
+        ax.axvline(2 * base["nfe"], color="grey", ls=":", lw=1, label="2x single pass")
+        ax.set(title=set_name, xlabel="NFE per puzzle", ylabel="solved (%)", ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return f"plot written to {path}"
+
+
 def print_tables(rows: list[dict]) -> None:
     print(f"{'set':10s} {'planner':11s} {'n':>5s} {'solved':>7s} {'1st try':>8s} {'cell acc':>9s} {'NFE':>6s} "
           f"{'ms/puzzle':>10s}")
@@ -133,7 +201,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--plot", default="runs/sudoku-benchmark.png", help="PNG of solve rate against givens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--remask", action="store_true", help="first-try solve rate against NFE: top-margin, retries "
+                   "(--tries, default 16 here), the conflict re-masker at --budgets and ReMDM conf")
+    p.add_argument("--budgets", default="7,14,28,56,112", help="--remask: correction steps (comma-separated)")
+    p.add_argument("--conf-budgets", default="0,56", help="--remask: ReMDM conf budgets (comma-separated; "
+                   "empty = none)")
+    p.add_argument("--conf-limit", type=int, default=100, help="--remask: ReMDM conf on the first N puzzles only "
+                   "(every row is evaluated at every step; default 100)")
+    p.add_argument("--remask-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="--remask: options of the conflict schedule (default: the library's)")
     args = p.parse_args(argv)
+    if args.remask:
+        return main_remask(args)
     try:
         torch.set_num_threads(args.threads)
         sets = {Path(d).stem: Path(d) for d in args.data or [EXAMPLE_CSV]}
@@ -156,6 +235,39 @@ def main(argv=None) -> int:
         msg = plot(rows, Path(args.plot)) if args.plot else None
         if msg:
             print(msg, file=sys.stderr)
+    except UserError as e:
+        print(f"benchmarks/sudoku.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_remask(args) -> int:
+    from ddlm.eval.sudoku import REMASK_DEFAULTS
+
+    try:
+        torch.set_num_threads(args.threads)
+        sets = {Path(d).stem: Path(d) for d in args.data or [EXAMPLE_CSV]}
+        model = SequenceModel.from_pretrained(args.model)
+        options = dict(REMASK_DEFAULTS)
+        for item in args.remask_option:
+            key, _, value = item.partition("=")
+            options[key] = value if key in ("schedule", "when") else int(value)
+        ints = lambda text: [int(b) for b in text.split(",") if b]  # noqa: E731
+        tries = args.tries if args.tries > 1 else 16
+        start = time.perf_counter()
+        rows = remask_sweep(model, sets, args.limit or None, args.batch_size, ints(args.budgets), tries, options,
+                            ints(args.conf_budgets), args.conf_limit or None, progress=not args.json)
+        meta = {"model": str(args.model), "threads": args.threads, "limit": args.limit, "tries": tries,
+                "remask": options, "seconds": time.perf_counter() - start}
+        if args.json:
+            print(json.dumps({**meta, "rows": rows}))
+        else:
+            print(f"model {args.model}, first {args.limit} puzzles, greedy top-margin, one cell per step; "
+                  f"conflict re-masker {options}\n")
+            print_remask(rows)
+        if args.plot:
+            print(plot_remask(rows, Path(args.plot).with_name(Path(args.plot).stem + "-remask.png")),
+                  file=sys.stderr)
     except UserError as e:
         print(f"benchmarks/sudoku.py: error: {e}", file=sys.stderr)
         return 2

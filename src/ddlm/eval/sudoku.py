@@ -128,17 +128,23 @@ class SymmetryEnsemble(torch.nn.Module):
 
 SAMPLERS = ("planned", "remask")
 REMASK_SCHEDULES = ("conflict", "cap", "rescale", "conf", "loop")  # conflict: sampling/correct.py; others: ReMDM
-REMASK_DEFAULTS = {"schedule": "conflict", "budget": 56}
+# measured on RRN validation (benchmarks/sudoku.py --remask): backtrack to the least confident commit as soon as
+# a rule breaks or a blank is left with no digit, forbidding that digit for two rounds
+REMASK_DEFAULTS = {"schedule": "conflict", "budget": 28, "when": "early", "back": 1, "ban": 2}
 
 
 def remask_options(options: dict | None) -> dict:
     """The Sudoku re-masking options, defaults filled in: schedule (conflict: re-mask the cells that break a
     rule, `CorrectRule`; cap, rescale, conf, loop: ReMDM), budget (correction steps after the first pass, so at
-    most blanks + budget NFE per puzzle) and the schedule's own options."""
+    most blanks + budget NFE per puzzle) and the schedule's own options (`CorrectRule`, `RemaskRule`); the
+    defaults are the conflict schedule's for every schedule that takes them."""
     from ..sampling.correct import CorrectRule
     from ..sampling.remask import RemaskRule
 
-    opts = {**REMASK_DEFAULTS, **(options or {})}
+    options = dict(options or {})
+    opts = {**REMASK_DEFAULTS, **options}
+    if opts["schedule"] != "conflict":  # a ReMDM schedule keeps only what it takes
+        opts = {"schedule": opts["schedule"], "budget": REMASK_DEFAULTS["budget"], **options}
     if opts["schedule"] not in REMASK_SCHEDULES:
         raise UserError(f"unknown re-masking schedule {opts['schedule']!r} for Sudoku; choose one of "
                         f"{', '.join(REMASK_SCHEDULES)}")
@@ -271,7 +277,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     row_evals (puzzle-evaluations summed over puzzles, an int: the NFE of one puzzle when N = 1), seconds,
     seconds_per_puzzle, tries, retry, views, sampler, remask (its options, or None), solved_first_try,
     solve_rate_first_try, solved_by_try (solved after each try that ran), nfe_by_try (NFE per puzzle after
-    each try), givens (N,), solved_mask (N,), boards (N, 81)}.
+    each try), givens (N,), solved_mask (N,), first_try_mask (N,), boards (N, 81)}.
 
     sampler="remask": each try re-masks and re-decodes the cells that break a rule (or a ReMDM schedule; see
     `solve_puzzles`); its correction steps count in the NFE.
@@ -298,6 +304,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                         sampler=sampler, remask=remask)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
     solved = is_solution(boards, puzzles)  # (N,) judged by the givens alone
+    first_try_mask = solved.copy()
     solved_by_try, n = [int(solved.sum())], max(len(puzzles), 1)
     nfe_by_try = [row_evals / n]
     again_planner = _planner(planner, planner_options)
@@ -325,7 +332,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
                  retry=retry, views=views, sampler=sampler, remask=remask_options(remask) if sampler == "remask"
                  else None, solved_first_try=solved_by_try[0], solved_by_try=solved_by_try, nfe_by_try=nfe_by_try,
                  solve_rate_first_try=solved_by_try[0] / n if score["n"] else 0.0,
-                 givens=(puzzles != 0).sum(-1), boards=boards)
+                 givens=(puzzles != 0).sum(-1), boards=boards, first_try_mask=first_try_mask)
     return score
 
 

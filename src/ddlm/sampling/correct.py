@@ -35,9 +35,9 @@ class CorrectRule(MaskedRule):
     """Planned commits plus flag-driven re-masking rounds (see the module docstring)."""
 
     name = "correct"
-    options = ("budget", "extra", "undo", "when", "ban", "rounds")
+    options = ("budget", "extra", "undo", "back", "when", "ban", "rounds")
 
-    def __init__(self, process, planner, flag=None, *, budget: int = 0, extra: int = 0, undo: int = 0, when: str = "full",
+    def __init__(self, process, planner, flag=None, *, budget: int = 0, extra: int = 0, undo: int = 0, back: int = 0, when: str = "full",
                  ban: int = 1, rounds: int | None = None, temperature: float = 0.0, cached: bool = True):
         super().__init__(process, "planned", planner, temperature, cached)
         if planner is None:
@@ -48,7 +48,7 @@ class CorrectRule(MaskedRule):
             if int(v) != v or v < 0:
                 raise UserError(f"re-masking option {what} must be a whole number >= 0, got {v!r}")
         self.flag, self.budget, self.extra, self.when, self.ban = flag, int(budget), int(extra), when, int(ban)
-        self.undo, self.rounds = int(undo), rounds
+        self.undo, self.back, self.rounds = int(undo), int(back), rounds
 
     def grid(self, steps):
         # correction steps sit at the first pass's last time (t = 1 / steps -> 0): the network sees an almost
@@ -109,6 +109,10 @@ class CorrectRule(MaskedRule):
             order = torch.where(committed, memo["order"].double(), -inf)
             last, idx = order.topk(min(self.undo, x.shape[1]), dim=-1)
             chosen |= torch.zeros_like(bad).scatter_(1, idx, torch.isfinite(last))
+        if self.back:  # backtrack: the least confident commit and every commit made after it
+            weakest = torch.where(committed, memo["psi"], inf).argmin(-1, keepdim=True)  # (B, 1)
+            since = memo["order"].gather(1, weakest)  # (B, 1) the step it was committed at
+            chosen |= committed & (memo["order"] >= since)
         chosen &= rows[:, None]
         chosen &= ((state.noisy | chosen).sum(-1) <= steps_after)[:, None]  # re-decodable one per step
         if not chosen.any():
