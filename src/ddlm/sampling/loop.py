@@ -18,7 +18,7 @@ import torch
 
 from .core import Hooks, StepRule, expand_fixed, new_state, run
 from .denoiser import Denoiser, SampleOutput, check_sampling_args  # noqa: F401  (re-exported)
-from .planners import commit_counts, unmask_counts_batch
+from .counts import commit_counts, unmask_counts_batch
 
 
 class MaskedRule(StepRule):
