@@ -88,7 +88,8 @@ def remask_sweep(model, sets: dict, limit: int | None, batch_size: int, budgets,
             r = evaluate_sudoku(model, puzzles[fails], solutions[fails], batch_size=batch_size, sampler="remask",
                                 remask={**options, "budget": b}) if len(fails) else {"solved": 0, "row_evals": 0}
             rows.append({"set": set_name, "method": "remask conflict", "budget": b, "n": n,
-                         "solved": int(rep["solved_first_try"] + r["solved"]), "nfe": float((ok_cost + r["row_evals"]) / n)})
+                         "solved": int(rep["solved_first_try"] + r["solved"]),
+                         "nfe": float((ok_cost + r["row_evals"]) / n)})
             if progress:
                 print(f"  {set_name} conflict budget {b}: {rows[-1]['solved']}/{n}", file=sys.stderr)
         sub_p, sub_s = puzzles[:conf_limit], solutions[:conf_limit]

@@ -130,3 +130,16 @@ def test_cli_eval_and_solve_with_remask(tmp_path, monkeypatch, capsys):
     assert s["solved"] and s["nfe"] == m["row_evals"] and s["board"] == "".join(str(v) for v in grid)
     assert main(["sudoku", "solve", text, "--model", str(tmp_path), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["nfe"] == blanks
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--sampler", "remask", "--remask-option", "nope=1"], "does not take option(s) nope"),
+    (["--sampler", "remask", "--remask-option", "back"], "takes KEY=VALUE"),
+    (["--sampler", "remask", "--remask-option", "budget=lots"], "must be a number"),
+    (["--remask-option", "budget=3"], "needs --sampler remask"),
+    (["--sampler", "ancestral"], "not a Sudoku sampler"),
+])
+def test_remask_cli_errors_are_one_line(extra, words, capsys):
+    assert main(["eval", str(MODEL), "--task", "sudoku", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1

@@ -37,14 +37,16 @@ class CorrectRule(MaskedRule):
     name = "correct"
     options = ("budget", "extra", "undo", "back", "when", "ban", "rounds")
 
-    def __init__(self, process, planner, flag=None, *, budget: int = 0, extra: int = 0, undo: int = 0, back: int = 0, when: str = "full",
-                 ban: int = 1, rounds: int | None = None, temperature: float = 0.0, cached: bool = True):
+    def __init__(self, process, planner, flag=None, *, budget: int = 0, extra: int = 0, undo: int = 0,
+                 back: int = 0, when: str = "full", ban: int = 1, rounds: int | None = None,
+                 temperature: float = 0.0, cached: bool = True):
         super().__init__(process, "planned", planner, temperature, cached)
         if planner is None:
             raise UserError("the correcting sampler needs a planner (--planner)")
         if when not in ("full", "early"):
             raise UserError(f"re-masking 'when' must be full or early, got {when!r}")
-        for what, v in (("budget", budget), ("extra", extra), ("undo", undo), ("ban", ban)):
+        for what, v in (("budget", budget), ("extra", extra), ("undo", undo), ("back", back), ("ban", ban),
+                        ("rounds", 0 if rounds is None else rounds)):
             if int(v) != v or v < 0:
                 raise UserError(f"re-masking option {what} must be a whole number >= 0, got {v!r}")
         self.flag, self.budget, self.extra, self.when, self.ban = flag, int(budget), int(extra), when, int(ban)
