@@ -148,7 +148,7 @@ def add_solving_options(parser, prefix: str = "") -> None:
     parser.add_argument("--remask-option", action="append", default=[], metavar="KEY=VALUE",
                         help=f"{prefix}with --sampler remask: schedule=conflict (default: re-mask the cells that "
                         "break a rule and decode them again) or a ReMDM schedule (cap, rescale, conf, loop), "
-                        "budget=N correction steps (default 28), and the schedule's options (conflict: when=early, "
+                        "budget=N correction steps (default 56), and the schedule's options (conflict: when=early, "
                         "back=1, ban=2, extra, undo, rounds); repeatable")
 
 

@@ -130,7 +130,7 @@ SAMPLERS = ("planned", "remask")
 REMASK_SCHEDULES = ("conflict", "cap", "rescale", "conf", "loop")  # conflict: sampling/correct.py; others: ReMDM
 # measured on RRN validation (benchmarks/sudoku.py --remask): backtrack to the least confident commit as soon as
 # a rule breaks or a blank is left with no digit, forbidding that digit for two rounds
-REMASK_DEFAULTS = {"schedule": "conflict", "budget": 28, "when": "early", "back": 1, "ban": 2}
+REMASK_DEFAULTS = {"schedule": "conflict", "budget": 56, "when": "early", "back": 1, "ban": 2}
 
 
 def remask_options(options: dict | None) -> dict:
