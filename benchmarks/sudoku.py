@@ -4,7 +4,7 @@ number of givens (a table, and a PNG plot when matplotlib is installed).
     python benchmarks/sudoku.py [--model DIR] [--limit N] [--stratify] [--data CSV ...] [--planners a,b]
                                 [--json] [--plot PNG]
 
-Defaults: the committed models/sudoku, the 20 example puzzles shipped with ddlm (src/ddlm/data/examples), one CPU
+Defaults: the committed models/sudoku, the 20 example puzzles shipped with ddlm (src/ddlm/tasks/sudoku/examples), one CPU
 thread. For the published comparisons pass the public test sets, e.g. `--data satnet-test.csv rrn-validation.csv`
 (SATNet test, RRN validation; both files are shuffled, so the first N are a fair sample), or puzzles written by
 `ddlm sudoku generate --n N --givens K --out FILE.csv`.
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddlm.data.sudoku import EXAMPLE_CSV, load_csv
+from ddlm.tasks.sudoku.board import EXAMPLE_CSV, load_csv
 from ddlm.errors import UserError
-from ddlm.eval.sudoku import evaluate_sudoku
+from ddlm.tasks.sudoku.solve import evaluate_sudoku
 from ddlm.pipeline import SequenceModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
 
 def main_remask(args) -> int:
-    from ddlm.eval.sudoku import REMASK_DEFAULTS
+    from ddlm.tasks.sudoku.solve import REMASK_DEFAULTS
 
     try:
         torch.set_num_threads(args.threads)

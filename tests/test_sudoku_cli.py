@@ -9,8 +9,8 @@ import torch
 
 from ddlm.cli import main
 from ddlm.config import load_preset
-from ddlm.data.sudoku import format_board, load_csv
-from ddlm.data.sudoku_generate import random_grids
+from ddlm.tasks.sudoku.board import format_board, load_csv
+from ddlm.tasks.sudoku.generate import random_grids
 from ddlm.data.tokenizers import CharTokenizer
 from ddlm.pipeline import SequenceModel
 from test_sudoku_task import REPO, _oracle_model, _patch_model, _puzzles, _write_csv
@@ -18,7 +18,7 @@ from test_sudoku_task import REPO, _oracle_model, _patch_model, _puzzles, _write
 
 # ---- `ddlm sudoku generate`, the shipped example, `sudoku solve` input and output -------------------------------
 def test_generate_writes_unique_puzzles_and_never_replaces_a_file_unasked(tmp_path, capsys):
-    from ddlm.data.sudoku_generate import solve
+    from ddlm.tasks.sudoku.generate import solve
 
     out = tmp_path / "sub" / "p.csv"
     assert main(["sudoku", "generate", "--n", "3", "--givens", "30", "--seed", "1", "--out", str(out)]) == 0
@@ -48,7 +48,7 @@ def test_generate_writes_unique_puzzles_and_never_replaces_a_file_unasked(tmp_pa
 def test_shipped_example_is_package_data_and_what_generate_writes(capsys):
     import fnmatch
     tomllib = pytest.importorskip("tomllib")
-    from ddlm.data.sudoku import EXAMPLE_CSV
+    from ddlm.tasks.sudoku.board import EXAMPLE_CSV
 
     assert main(["sudoku", "generate", "--n", "20", "--givens", "28", "--seed", "0", "--quiet"]) == 0
     assert capsys.readouterr().out == EXAMPLE_CSV.read_text()  # the command its comment names
@@ -64,7 +64,7 @@ def _tiny_sudoku_model(tmp_path):
 
 
 def test_eval_without_data_uses_the_shipped_example(tmp_path, capsys):
-    from ddlm.data.sudoku import EXAMPLE_CSV
+    from ddlm.tasks.sudoku.board import EXAMPLE_CSV
 
     model_dir = _tiny_sudoku_model(tmp_path)
     assert main(["eval", str(model_dir), "--task", "sudoku", "--json", "--planner", "random"]) == 0
@@ -105,7 +105,7 @@ def test_solve_reads_spaced_and_nine_line_boards_and_threads(monkeypatch, capsys
 
 
 def test_solve_marks_the_cells_that_break_a_rule(monkeypatch, capsys):
-    from ddlm.data.sudoku import MARK_LEGEND
+    from ddlm.tasks.sudoku.board import MARK_LEGEND
 
     (puzzle,), (grid,) = _puzzles(1, 30, 14)
     other = random_grids(2, 99)[1]  # the oracle answers another grid: around the givens, rules break

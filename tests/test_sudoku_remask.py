@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ddlm.cli import main
-from ddlm.data.sudoku import conflict_cells, to_tokens
+from ddlm.tasks.sudoku.board import conflict_cells, to_tokens
 from ddlm.errors import UserError
-from ddlm.eval.sudoku import conflict_flags, dead_cells, evaluate_sudoku, sudoku_flags
+from ddlm.tasks.sudoku.solve import conflict_flags, dead_cells, evaluate_sudoku, sudoku_flags
 from ddlm.pipeline import SequenceModel
 from ddlm.sampling.core import run
 from ddlm.sampling.correct import CorrectRule

@@ -11,11 +11,11 @@ import torch
 from ddlm.cli import main
 from ddlm.config import apply_overrides, load_preset
 from ddlm.data.sources import SOURCES
-from ddlm.data.sudoku import format_board, from_tokens, is_solution, is_valid_grid, load_csv
-from ddlm.data.sudoku_generate import make_puzzle, random_grids
+from ddlm.tasks.sudoku.board import format_board, from_tokens, is_solution, is_valid_grid, load_csv
+from ddlm.tasks.sudoku.generate import make_puzzle, random_grids
 from ddlm.data.tokenizers import CharTokenizer
 from ddlm.errors import UserError
-from ddlm.eval.sudoku import evaluate_sudoku, score_boards
+from ddlm.tasks.sudoku.solve import evaluate_sudoku, score_boards
 from ddlm.pipeline import SequenceModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ class _SolverTrapBackbone(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, x, t=None):
-        from ddlm.data.sudoku_generate import solve
+        from ddlm.tasks.sudoku.generate import solve
 
         out = torch.zeros(x.shape[0], 81, 10)
         for b, row in enumerate(from_tokens(x.numpy())):
@@ -185,7 +185,7 @@ class _SeeingBackbone(torch.nn.Module):
 
 
 def test_symmetry_ensemble_maps_every_view_back_to_the_board():
-    from ddlm.eval.sudoku import SymmetryEnsemble
+    from ddlm.tasks.sudoku.solve import SymmetryEnsemble
 
     (puzzle,), (grid,) = _puzzles(1, 30, 10)
     x = torch.from_numpy(np.where(puzzle == 0, 9, puzzle - 1)).long()[None]  # tokens
@@ -228,7 +228,7 @@ def test_symmetry_ensemble_outvotes_a_position_bound_mistake():
 
 
 def test_symmetries_keep_puzzles_and_grids_valid_and_undo_exactly():
-    from ddlm.data.sudoku_generate import apply_symmetries, random_symmetries, solve, undo_symmetries
+    from ddlm.tasks.sudoku.generate import apply_symmetries, random_symmetries, solve, undo_symmetries
 
     puzzles, grids = _puzzles(6, 30, 9)
     cells, digits = random_symmetries(6, np.random.default_rng(0))

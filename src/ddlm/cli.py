@@ -60,7 +60,7 @@ def _train(args, env) -> int:
         from .train.distributed import threads_per_rank
         torch.set_num_threads(threads_per_rank(env))  # train.threads, if set, overrides this
     if args.resume:
-        given = [f"--{f.replace('_', '-')}" for f in ("preset", "data", "process", "tokenizer", "out",
+        given = [f"--{f.replace('_', '-')}" for f in ("preset", "data", "records", "process", "tokenizer", "out",
                                                       "batch_size", "ckpt_every", "seed", "overwrite")
                  if getattr(args, f) not in (None, False)]
         if given or args.overrides:
@@ -98,7 +98,8 @@ def _train(args, env) -> int:
 
 
 # `ddlm train` options that set a config field (a flag and an override of the same field are refused)
-_FLAG_FIELDS = (("data", "data.source"), ("process", "process.name"), ("tokenizer", "data.tokenizer"),
+_FLAG_FIELDS = (("data", "data.source"), ("records", "data.records"), ("process", "process.name"),
+                ("tokenizer", "data.tokenizer"),
                 ("max_steps", "train.max_steps"), ("ckpt_every", "train.ckpt_every"), ("seed", "train.seed"),
                 ("batch_size", "train.batch_size"))
 
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "A preset file may start\nfrom a named preset with `base: quick` and set only what "
                        "differs.\n" + fields)
     t.add_argument("--preset", help="named preset (see `ddlm presets`) or a YAML file; default quick")
-    t.add_argument("--data", help="corpus: kjv (default), shakespeare, a text file or a glob")
+    t.add_argument("--data", "--corpus", help="corpus: kjv (default), shakespeare, a text file or a glob")
+    t.add_argument("--records", metavar="KIND", help="train on records, one per row with <eos> and <pad>: lines "
+                   "(a file: one per line), verses (kjv), lines or speeches (shakespeare); sets data.records")
     t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)} (D3PM and rdm-multinomial switch on "
                    "model.time_conditioning; see ddlm.families)")
     t.add_argument("--tokenizer", choices=["char", "byte", "bpe"], help="tokenizer built from the corpus")
@@ -161,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_sample(sub)
     from .cli_eval import register as register_eval
     register_eval(sub)
-    from .cli_sudoku import register as register_sudoku
+    from .tasks.sudoku.cli import register as register_sudoku
     register_sudoku(sub)
+    from .tasks.molecules.cli import register as register_molecules
+    register_molecules(sub)
     from .cli_plot import register as register_plot
     register_plot(sub)
 

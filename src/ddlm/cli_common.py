@@ -1,5 +1,5 @@
 """Argument types and small helpers shared by the `ddlm` subcommands (cli.py, cli_sample.py, cli_eval.py,
-cli_sudoku.py): one-line argparse errors, checked numbers and seeds, --device and --threads."""
+tasks/sudoku/cli.py): one-line argparse errors, checked numbers and seeds, --device and --threads."""
 
 from __future__ import annotations
 

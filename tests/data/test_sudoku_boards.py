@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddlm.data.sudoku import format_board, load_csv, parse_board, solve
+from ddlm.tasks.sudoku.board import format_board, load_csv, parse_board
+from ddlm.tasks.sudoku.generate import solve
 from ddlm.errors import UserError
 from test_sudoku import GRID, PUZZLE
 
@@ -39,7 +40,7 @@ def _conflicts_by_hand(digits: list[int]) -> list[int]:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=81, max_size=81))
 def test_conflict_cells_match_the_rules(digits):
-    from ddlm.data.sudoku import conflict_cells, first_conflict
+    from ddlm.tasks.sudoku.board import conflict_cells, first_conflict
 
     board = np.array(digits, np.int8)
     expected = _conflicts_by_hand(digits)
@@ -48,7 +49,7 @@ def test_conflict_cells_match_the_rules(digits):
 
 
 def test_conflicts_of_a_known_board_and_marked_rendering():
-    from ddlm.data.sudoku import conflict_cells, first_conflict
+    from ddlm.tasks.sudoku.board import conflict_cells, first_conflict
 
     g = parse_board(GRID)
     bad = g.copy()
@@ -64,8 +65,8 @@ def test_conflicts_of_a_known_board_and_marked_rendering():
 
 
 def test_make_puzzles_exact_givens_unique_solutions_and_csv_round_trip(tmp_path):
-    from ddlm.data.sudoku import format_csv
-    from ddlm.data.sudoku_generate import make_puzzles
+    from ddlm.tasks.sudoku.board import format_csv
+    from ddlm.tasks.sudoku.generate import make_puzzles
 
     done = []
     P, S = make_puzzles(4, 25, seed=3, progress=done.append)

@@ -8,15 +8,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..tasks.sudoku.board import DIGITS as SUDOKU_DIGITS  # one definition, in the task package
 
-SUDOKU_DIGITS = "123456789"  # CharTokenizer over these maps digit d to token d - 1, as data.sudoku.to_tokens
 SUDOKU_VAL_SEED = 2_147_483_647  # validation grids come from a seed no training step uses
 
 
 def sudoku_grid_tokens(n: int, seed: int) -> torch.Tensor:
     """`n` random complete Sudoku grids as tokens (n, 81) in 0..8, deterministic for `seed`."""
-    from .sudoku import to_tokens
-    from .sudoku_generate import random_grids
+    from ddlm.tasks.sudoku.board import to_tokens
+    from ddlm.tasks.sudoku.generate import random_grids
 
     return torch.from_numpy(to_tokens(random_grids(n, seed)))
 

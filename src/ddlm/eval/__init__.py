@@ -2,9 +2,15 @@
 
 
 def _sudoku(model, args):
-    from .sudoku import cmd_eval_sudoku
+    from ddlm.tasks.sudoku.cli import cmd_eval_sudoku
 
     return cmd_eval_sudoku(model, args)
 
 
-TASKS = {"sudoku": _sudoku}
+def _molecules(model, args):
+    from ..tasks.molecules.cli import eval_molecules
+
+    return eval_molecules(model, args)
+
+
+TASKS = {"sudoku": _sudoku, "molecules": _molecules}
