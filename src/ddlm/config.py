@@ -85,6 +85,8 @@ class DataConfig:
     "none (one stream cut into blocks) or records, one per row: lines (a file), verses (kjv), speeches (shakespeare)"
     long_records: str = "skip"
     "records longer than a block: skip, cut (first tokens, no <eos>) or error"
+    padding: str = "learn"
+    "records (not ar): learn (<pad> after <eos> counts in the loss, attention sees it) or skip (both skip <pad>)"
 
 
 @dataclass(frozen=True)

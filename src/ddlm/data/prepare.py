@@ -16,8 +16,8 @@ def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = 
 
     if cfg.records not in ("none", ""):
         # records are laid one per row by prepare_records; silently streaming them would be wrong
-        raise UserError(f"data.records={cfg.records}: training and evaluation on records are not available yet; "
-                        "set data.records=none")
+        raise UserError(f"data.records={cfg.records}: prepare_text streams a corpus, records are packed by "
+                        "prepare_records (as ddlm train does); call that, or set data.records=none")
     if not 0.0 < cfg.val_fraction < 0.5:
         raise UserError(f"data.val_fraction must be in (0, 0.5), got {cfg.val_fraction}")
     text = load_text(cfg.source)

@@ -66,8 +66,12 @@ def prepare_data(cfg: RunConfig, tokenizer=None):
     from ..data.prepare import prepare_text
     from ..data.sources import SOURCES
 
+    from ..data.record_data import record_source, uses_records
+
     if cfg.data.source in SOURCES:
         return SOURCES[cfg.data.source](cfg, tokenizer)
+    if uses_records(cfg.data):  # one record per row, <eos> and <pad>, the masks data.padding says
+        return record_source(cfg, tokenizer)
     tokenizer, train_blocks, val_blocks = prepare_text(cfg.data, cfg.model.max_len, tokenizer)
     return tokenizer, BlockBatches(train_blocks, cfg.train.batch_size, cfg.train.seed), val_blocks
 
@@ -78,6 +82,10 @@ def validation_blocks(cfg: RunConfig, tokenizer, data: str | None = None) -> tor
     from ..data.prepare import prepare_text
     from ..data.sources import SOURCES
 
+    from ..data.record_data import record_validation, uses_records
+
+    if uses_records(cfg.data) and (data is None or data not in SOURCES):
+        return record_validation(cfg, tokenizer, data)[0]  # a file given to a records model: its lines
     if data is not None:
         cfg = apply_overrides(cfg, [f"data.source={data}"])
     if cfg.data.source in SOURCES:
@@ -229,6 +237,8 @@ class Trainer:
         bar = None
         if self.rank == 0:
             self.log(self._start_line())
+            for line in getattr(self.batches, "report_lines", ()):  # records: packed, skipped or cut, once
+                self.log(line)
             if self.progress and sys.stderr.isatty():  # a bar in a terminal; plain lines in a log file
                 from tqdm import tqdm
                 bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", dynamic_ncols=True)
@@ -315,6 +325,8 @@ class Trainer:
         blocks = getattr(self.batches, "blocks", None)
         corpus = (f"corpus {blocks.numel():,} tokens" if blocks is not None else "generated data") + \
             f" (+ {self.val_blocks.numel():,} validation)"
+        if hasattr(self.batches, "report_lines"):  # records: one per row, padding included in the token counts
+            corpus = f"{len(blocks):,} records (+ {len(self.val_blocks):,} validation), one per row"
         steps = (f"steps {self.step} -> {cfg.train.max_steps}" if self.step else f"{cfg.train.max_steps} steps")
         return (f"training {self.model.family.name}: {n / 1e6:.2f}M parameters, {self.device}"
                 f"{f' x {self.world} processes' if self.world > 1 else ''}, {threads} thread"
