@@ -69,6 +69,16 @@ class ProcessConfig:
     "RDM routing: how many tokens stay noisy after each step: linear or cosine"
     routing_condition: str = "cond"
     "RDM routing: cond (re-noise a decoded token only if the model now agrees but is less sure), uncond or none"
+    masking: str = "uniform"
+    "training masks: uniform (q(x_t | x_0) at a random t) or progressive (PUMA: the model's own unmasking chains; mdlm)"
+    progressive_phases: int = 10
+    "progressive masking: K phases; phase j reveals a fraction in [j/K, (j+1)/K) of the counted positions"
+    progressive_planner: str = "top_prob"
+    "progressive masking: the order cells are revealed in: top_prob, top_margin, entropy or random"
+    progressive_threshold: float = 0.0
+    "progressive masking: also reveal every cell with max_v p(v) above this (PUMA uses 0.9 on Sudoku); 0 = off"
+    progressive_fraction: float = 1.0
+    "progressive masking: fraction of each batch drawn from the chains (the other rows are masked uniformly)"
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,8 @@ class TrainConfig:
     "wrap the backbone in torch.compile"
     device: str = "auto"
     "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps; under torchrun process r takes cuda:LOCAL_RANK"
+    cond_dropout: float = 0.1
+    "labelled data: probability a row's label is replaced by the null label (one model, conditional and not: CFG)"
 
 
 @dataclass(frozen=True)

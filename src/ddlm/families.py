@@ -31,6 +31,7 @@ from .data.batches import as_batch, counted, model_kwargs
 from .objectives.autoregressive import ARObjective
 from .objectives.d3pm import D3PMObjective, noised, prior_of, step_terms
 from .objectives.mdlm import MDLMObjective
+from .objectives.progressive import progressive
 from .objectives.rdm import RDMObjective, draw_steps
 from .processes.autoregressive import ARProcess
 from .processes.d3pm import make_d3pm_process
@@ -201,7 +202,7 @@ REQUIRES = {name: {"model.time_conditioning": True}
 def build_family(cfg: ProcessConfig, vocab_size: int) -> Family:
     if cfg.name not in FAMILIES:
         raise UserError(f"unknown process {cfg.name!r}; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[cfg.name](cfg, vocab_size)
+    return progressive(FAMILIES[cfg.name](cfg, vocab_size), cfg)  # process.masking (PUMA) or as it is
 
 
 def configure(cfg: RunConfig, overrides=()) -> RunConfig:

@@ -67,11 +67,25 @@ class MDLMObjective:
         xt = self.process.sample_xt(x0, t, generator)
         if b.mask is not None:  # positions that do not count are context: never masked
             xt = torch.where(b.mask, xt, x0)
+        nll, masked, _ = self.scored(model, b, xt, t)
+        return nll, masked
+
+    def scored(self, model, b, xt, t):
+        """-log p(x_0 | x_t) at the masked counted positions of a given x_t (B, L): (nll (B, L) zero elsewhere,
+        masked (B, L) bool, logp (B, L, V)). Progressive masking (progressive.py) calls it with its own x_t."""
         logits = model(xt, t, **model_kwargs(b))  # (B, L, V + 1)
         logp = self.process.log_probs(logits)  # (B, L, V)
-        nll = -logp.gather(-1, x0[..., None])[..., 0]  # (B, L)
+        nll = -logp.gather(-1, b.tokens[..., None])[..., 0]  # (B, L)
         masked = self.process.is_masked(xt)
-        return counted(nll, b) * masked, masked
+        return counted(nll, b) * masked, masked, logp
+
+    def loss_terms(self, nll, masked, t, b) -> dict:
+        """The loss of the configured weighting from the masked NLL (B, L) at times t (B,)."""
+        n_masked = masked.sum().clamp_min(1)
+        ce = nll.sum() / n_masked
+        nelbo = per_token(self.weight(t) * nll.sum(-1), b)  # nats per counted token
+        loss = nelbo if self.weighting == "elbo" else ce
+        return {"loss": loss, "nelbo": nelbo.detach(), "masked_ce": ce.detach()}
 
     def bound(self, model, batch, t: torch.Tensor | None = None, generator=None) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence (over the counted positions), (B,)."""
@@ -85,8 +99,4 @@ class MDLMObjective:
         b = as_batch(batch)
         t = self.sample_t(b.tokens.shape[0], generator, b.tokens.device)
         nll, masked = self._masked_nll(model, b, t, generator)
-        n_masked = masked.sum().clamp_min(1)
-        ce = nll.sum() / n_masked
-        nelbo = per_token(self.weight(t) * nll.sum(-1), b)  # nats per counted token
-        loss = nelbo if self.weighting == "elbo" else ce
-        return {"loss": loss, "nelbo": nelbo.detach(), "masked_ce": ce.detach()}
+        return self.loss_terms(nll, masked, t, b)
