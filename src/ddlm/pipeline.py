@@ -20,7 +20,9 @@ from .families import build_family
 from .models.hub import load_state, load_weights, save_state
 from .models.transformer import Transformer
 from .sampling.blockwise import PrefixKVBackbone, check_kv_refresh, sample_blockwise
+from .sampling.core import Hooks
 from .sampling.loop import SampleOutput, sample_masked
+from .sampling.stops import block_ended, cut_at_end, eos_stop
 
 
 DEFAULT_BATCH_SIZE = 64  # samples per network batch: bounds the (batch, L, V) logits, and small batches run well
@@ -28,6 +30,7 @@ TOKEN_BYTES = 8  # a sampled token id (int64)
 TEXT_BYTES = 8  # about what a decoded token costs in the Python strings of `texts` (a char or a few, overhead)
 PROCESS_BETAS = "ddlm_process.betas"  # the betas (T,) of a D3PM process in model.safetensors
 COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests swap in dynamo's "eager" to skip C++ builds
+STEER_KEYS = ("cond", "guidance", "reward", "svdd_candidates", "svdd_alpha", "smc_particles", "smc_alpha")
 
 
 class SequenceModel(torch.nn.Module):
@@ -93,7 +96,10 @@ class SequenceModel(torch.nn.Module):
                  prompt: str | None = None, fixed=None, fixed_mask=None, stride: int | None = None,
                  seed: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, kv_cache: bool = False,
                  kv_refresh: int = 0, compile: bool = False, progress: bool = False,
-                 decode: bool = True, planner_options: dict | None = None) -> SampleOutput:
+                 decode: bool = True, planner_options: dict | None = None, max_length: int | None = None,
+                 infill: str | None = None, span_lengths=None, cond=None, guidance: float | None = None,
+                 reward=None, svdd_candidates: int | None = None, svdd_alpha: float | None = None,
+                 smc_particles: int | None = None, smc_alpha: float | None = None, observer=None) -> SampleOutput:
         """Sample n sequences, `batch_size` at a time (one generator runs through the batches, so a seed
         reproduces a sample at the same batch size). Random unless `seed` is given; `out.seed` is the seed used.
 
@@ -121,14 +127,39 @@ class SequenceModel(torch.nn.Module):
         compile: run the backbone under torch.compile (compiled once per model and kept; the first call pays
         the compilation, tens of seconds on a CPU). It paid 1.14x and 1.31x (two runs) for ancestral sampling at
         8 x 128 x 128 on a 2-core CPU (benchmarks/sampling.py --compile), so it is for long sampling jobs, off by
-        default."""
+        default.
+
+        max_length (a model trained on records, whose tokenizer has <eos>): texts of their own lengths, each cut
+        at its first <eos> within max_length tokens (sampling.stops); `out.lengths` (n,) counts their tokens.
+        infill: a text with [MASK] (a span of unknown length, tried at each of `span_lengths`, default 1..32,
+        the most likely fill under the model's bound kept) or [MASK:k] (k tokens); see ddlm.infill.
+
+        Steering (ddlm.guidance): cond, a class label (or (n,) labels) of a model with model.n_classes > 0;
+        guidance, the classifier-free guidance scale w (0 unconditional, 1 conditional; each step then runs the
+        network twice, both counted in NFE); reward, a callable on the decoded texts -> (n,) floats, a name
+        (qed, logp, logp_range, sa, valid) or module:function, steering with SVDD (svdd_candidates M per step,
+        svdd_alpha, default 0 = keep the best) or SMC (smc_particles K per sample, smc_alpha, default 0.1);
+        their value calls count in NFE and row_evals.
+        observer: called with every intermediate sampling state (the core's observer hook, `sampling.core`);
+        `stream()` builds on it."""
+        if infill is not None:
+            from .infill import generate_infill
+
+            return generate_infill(self, infill, span_lengths, n=n, steps=steps, sampler=sampler, planner=planner,
+                                   temperature=temperature, seed=seed, batch_size=batch_size, decode=decode,
+                                   planner_options=planner_options, length=length, prompt=prompt, fixed=fixed,
+                                   max_length=max_length)
         req = self._request(n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride,
                             seed, batch_size, kv_cache, kv_refresh, decode, keep_all=True,
-                            planner_options=planner_options)
+                            planner_options=planner_options, max_length=max_length)
+        self._steer(req, dict(cond=cond, guidance=guidance, reward=reward, svdd_candidates=svdd_candidates,
+                              svdd_alpha=svdd_alpha, smc_particles=smc_particles, smc_alpha=smc_alpha))
+        req["observer"] = observer
         parts = list(self._batches(req, compile, progress, decode))
         out = SampleOutput(torch.cat([p.tokens for p in parts]), sum(p.nfe for p in parts),
                            sum(p.row_evals for p in parts), sum(p.seconds for p in parts))
         out.texts = [t for p in parts for t in p.texts] if decode else None
+        out.lengths = torch.cat([p.lengths for p in parts]) if req["stops"] else None
         out.seed = req["seed"]
         return out
 
@@ -140,24 +171,47 @@ class SequenceModel(torch.nn.Module):
         write samples out as they come and never hold all of them. The arguments are checked at the call,
         before the first batch."""
         known = {"sampler", "planner", "temperature", "prompt", "fixed", "fixed_mask", "stride", "seed",
-                 "kv_cache", "kv_refresh", "planner_options"}
+                 "kv_cache", "kv_refresh", "planner_options", "max_length", "observer"} | set(STEER_KEYS)
         if set(options) - known:
             raise TypeError(f"iter_generate() got unexpected keyword arguments {sorted(set(options) - known)}")
         o = {k: options.get(k) for k in known}
         req = self._request(n, length, steps, o["sampler"], o["planner"], o["temperature"], o["prompt"],
                             o["fixed"], o["fixed_mask"], o["stride"], o["seed"], batch_size, bool(o["kv_cache"]),
-                            o["kv_refresh"] or 0, decode, keep_all=False, planner_options=o["planner_options"])
+                            o["kv_refresh"] or 0, decode, keep_all=False, planner_options=o["planner_options"],
+                            max_length=o["max_length"])
+        self._steer(req, {k: o[k] for k in STEER_KEYS})
+        req["observer"] = o["observer"]
         return self._batches(req, compile, progress, decode)
 
+    def stream(self, n: int = 1, length: int | None = None, steps: int | None = None, **options):
+        """The steps of `generate` as they happen: an iterator of `sampling.stream.Step` (tokens, still-masked
+        and newly committed positions, confidence, NFE, time) ending with a `final` step whose tokens and texts
+        are generate's for the same seed; a worker thread samples, and closing the iterator stops it."""
+        from .sampling.stream import stream_generate
+
+        return stream_generate(self, n, length, steps, **options)
+
+    def _steer(self, req: dict, steer: dict) -> None:
+        """req["steer"]: labels, guidance, SVDD or SMC checked once (guidance/steer.py), or None if none asked."""
+        req["steer"] = None
+        if any(v is not None for v in steer.values()):
+            from .guidance.steer import Steering
+
+            req["steer"] = Steering(self, req["n"], req["opts"], kv_cache=req["kv_cache"], stops=req["stops"],
+                                    **steer)
+
     def _request(self, n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride, seed,
-                 batch_size, kv_cache, kv_refresh, decode, keep_all, planner_options=None) -> dict:
+                 batch_size, kv_cache, kv_refresh, decode, keep_all, planner_options=None, max_length=None) -> dict:
         """Every argument checked once, before any sampling: a mistake is a one-line UserError."""
         from .sampling import options as sampling_options
+        from .sampling.stops import check_max_length
 
         _check_count(n, "n (the number of samples)")
         _check_count(batch_size, "batch_size")
         if length is not None:
             _check_count(length, "length")
+        if max_length is not None:
+            length = check_max_length(self.tokenizer, max_length, length)
         sc = self.cfg.sample
         fixed, fixed_mask, length = self._fixed_positions(n, length, prompt, fixed, fixed_mask)
         context = self.cfg.model.max_len
@@ -180,7 +234,7 @@ class SequenceModel(torch.nn.Module):
         opts = sampling_options(self.family, sampler, planner, steps, temperature, planner_options=planner_options)
         return {"n": n, "length": length, "fixed": fixed, "fixed_mask": fixed_mask, "stride": stride,
                 "seed": draw_seed() if seed is None else _check_seed(seed), "batch_size": batch_size,
-                "kv_cache": kv_cache, "kv_refresh": kv_refresh, "opts": opts}
+                "kv_cache": kv_cache, "kv_refresh": kv_refresh, "opts": opts, "stops": max_length is not None}
 
     def _batches(self, req, compile, progress, decode) -> Iterator[SampleOutput]:
         generator = torch.Generator(device=self.device)
@@ -192,11 +246,16 @@ class SequenceModel(torch.nn.Module):
         try:
             for start in range(0, n, size):
                 b = min(size, n - start)
+                if req.get("steer") is not None:  # its labels and draws for this batch
+                    req["steer"].begin(start, generator)
                 fixed, mask = req["fixed"], req["fixed_mask"]
                 if fixed is not None and fixed.shape[0] > 1:  # one row per sample: this batch's rows
                     fixed, mask = fixed[start: start + b], mask[start: start + b]
                 out = self._sample_batch(backbone, b, req, fixed, mask, generator, progress)
                 out.seed = req["seed"]
+                if req["stops"]:  # <pad> after each row's first <eos>; its length in tokens
+                    tok = self.tokenizer
+                    out.tokens, out.lengths = cut_at_end(out.tokens, tok.eos_id, tok.pad_id, (tok.bos_id,))
                 if decode:
                     out.texts = [self.decode(row) for row in out.tokens]
                 yield out
@@ -206,6 +265,13 @@ class SequenceModel(torch.nn.Module):
     def _sample_batch(self, backbone, n, req, fixed, fixed_mask, generator, progress) -> SampleOutput:
         """b samples: fixed / fixed_mask (1 or b, L) or None."""
         length, opts, kv_cache, kv_refresh = req["length"], req["opts"], req["kv_cache"], req["kv_refresh"]
+        eos = self.tokenizer.eos_id if req["stops"] else None
+        if eos is not None and not _revisits(opts):  # a row that has its <eos> is finished (sampling.stops)
+            opts = dict(opts, hooks=Hooks(stop=eos_stop(eos)))
+        if req.get("observer") is not None:  # every step to the observer (display, stream)
+            from .sampling.stream import attach_observer
+
+            opts = dict(opts, hooks=attach_observer(opts.get("hooks"), req["observer"]))
         if self.family.causal:
             prompts = [None] if fixed is None else fixed[:, : int(fixed_mask[0].sum())]  # (1 or b, P) prefixes
             if len(prompts) > 1 and (prompts == prompts[:1]).all():
@@ -228,13 +294,18 @@ class SequenceModel(torch.nn.Module):
             if capped and "steps" in o:  # a step that can decode nothing is a wasted network call
                 todo = length_ if mask_ is None else int((~mask_.bool()).sum(-1).max())
                 o["steps"] = max(1, min(o["steps"], todo))
+            if req.get("steer") is not None:  # labels, guidance, SVDD or SMC: its backbone, hooks, particles
+                return req["steer"].sample(lambda net_, rows, f, m, hooks: self.family.sample(
+                    net_, self.process, rows, length_, fixed=f, fixed_mask=m, generator=generator,
+                    progress=progress, **dict(o, hooks=hooks)), net, n_, fixed_, mask_, o.get("hooks"))
             return self.family.sample(net, self.process, n_, length_, fixed=fixed_,
                                       fixed_mask=mask_, generator=generator, progress=progress, **o)
         context = self.cfg.model.max_len
         if length <= context:
             return window(n, length, fixed, fixed_mask)
         stride = req["stride"] or context // 2
-        return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask)
+        return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask,
+                                stop=None if eos is None else block_ended(eos))
 
     def _compiled_backbone(self):
         """torch.compile of the backbone, built on first use and kept outside the module tree (so it never

@@ -18,11 +18,15 @@ from .loop import SampleOutput
 
 
 def sample_blockwise(sample_window, n: int, length: int, context: int, stride: int,
-                     fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None) -> SampleOutput:
+                     fixed: torch.Tensor | None = None, fixed_mask: torch.Tensor | None = None,
+                     stop=None) -> SampleOutput:
     """sample_window(n, length, fixed, fixed_mask, prefix) -> SampleOutput samples one window of `context`
     tokens whose first `prefix` tokens are finished (0 in the first window).
 
     fixed / fixed_mask (1 or n, length): user-given positions anywhere in the full sequence.
+    stop: tokens (n, l) generated so far -> (n,) bool rows that are finished (e.g. produced <eos>,
+    `stops.block_ended`); later windows sample only the other rows, and the run ends when all are finished
+    (a finished row's positions after its last window keep the placeholder 0).
     """
     if not 0 < stride <= context:
         raise UserError(f"block stride must be in 1..{context}, got {stride}")
@@ -35,13 +39,20 @@ def sample_blockwise(sample_window, n: int, length: int, context: int, stride: i
     seconds = 0.0
     end = min(context, length)
     start = prefix = 0
+    finished = torch.zeros(n, dtype=torch.bool)  # (n,) rows the stop predicate ended
     while True:
         window = slice(start, end)
-        out = sample_window(n, end - start, x[:, window], given[:, window], prefix)
-        x[:, window] = out.tokens.cpu()
+        if stop is None:
+            out = sample_window(n, end - start, x[:, window], given[:, window], prefix)
+            x[:, window] = out.tokens.cpu()
+        else:  # only the rows still going: a finished row's later windows would be cut off anyway
+            rows = (~finished).nonzero()[:, 0]
+            out = sample_window(len(rows), end - start, x[rows, window], given[rows, window], prefix)
+            x[rows, window] = out.tokens.cpu()
+            finished = finished | stop(x[:, :end])
         given[:, window] = True
         nfe, row_evals, seconds = nfe + out.nfe, row_evals + out.row_evals, seconds + out.seconds
-        if end >= length:
+        if end >= length or bool(finished.all()):
             break
         done = end
         end = min(end + stride, length)

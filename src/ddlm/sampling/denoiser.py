@@ -23,6 +23,7 @@ class SampleOutput:
     seconds: float
     texts: list | None = None
     seed: int | None = None  # the generator's seed (SequenceModel.generate records it)
+    lengths: torch.Tensor | None = None  # (B,) long tokens before each row's <eos> (generate(max_length=...))
 
 
 class Denoiser:
