@@ -40,6 +40,7 @@ import torch
 from ..config import RunConfig, apply_overrides
 from ..data.batches import as_batch
 from ..errors import UserError
+from ..guidance.conditions import check_dropout, drop_labels, dropout_generator
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
@@ -261,6 +262,9 @@ class Trainer:
             lr = set_lr(self.optimizer, self.step, cfg)
             # a Batch (tokens (B / world, L), loss mask, condition); a source's bare tensor counts everywhere
             batch = as_batch(self.batches.batch(self.step, self.rank, self.world)).to(self.device)
+            if batch.cond is not None:  # label dropout of (seed, step, rank): null labels for classifier-free guidance
+                batch = drop_labels(batch, check_dropout(cfg.cond_dropout), dropout_generator(cfg.seed, self.step,
+                                                                                              self.rank))
             if self.reseed_each_step:  # noise of (seed, step, rank): a resume needs no generator state
                 reseed_step(self.noise, cfg.seed, self.step, self.rank)
             self.optimizer.zero_grad(set_to_none=True)
