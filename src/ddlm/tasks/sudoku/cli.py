@@ -46,6 +46,8 @@ def read_puzzle(parts: list[str]) -> str:
 
 
 def cmd_solve(args) -> int:
+    import sys
+
     from .board import MARK_LEGEND, conflict_cells, first_conflict, format_board, parse_board
     from .solve import evaluate_sudoku
     from ddlm.pipeline import SequenceModel
@@ -56,8 +58,15 @@ def cmd_solve(args) -> int:
     from ddlm.cli_common import _device
 
     model = SequenceModel.from_pretrained(args.model or default_model_dir(), map_location=_device(args))
-    report = evaluate_sudoku(model, puzzle[None], planner=args.planner, steps=args.steps, tries=args.tries,
-                             retry=args.retry, views=args.views, sampler=sampler, remask=remask)
+    solving = dict(planner=args.planner, steps=args.steps, tries=args.tries, retry=args.retry, views=args.views,
+                   sampler=sampler, remask=remask)
+    if getattr(args, "show", False) and sys.stdout.isatty():  # the grid redrawn at every step, then as usual
+        from ddlm.show import show_sudoku_steps
+        from .stream import stream_solve
+
+        report = show_sudoku_steps(stream_solve(model, puzzle, **solving), (puzzle != 0).tolist()).output
+    else:
+        report = evaluate_sudoku(model, puzzle[None], **solving)
     board, solved = report["boards"][0], bool(report["solved_mask"][0])
     # cells that break a rule, and givens the board changed (the sampler keeps givens, so only ever the former)
     marks = conflict_cells(board) | ((puzzle != 0) & (board != puzzle))
@@ -210,6 +219,8 @@ def register(sub) -> None:
                        "one puzzle is too little work for more)")
     solve.add_argument("--json", action="store_true", help="print one JSON object (broken_cells: 0-based indices "
                        "of the cells that break a rule)")
+    solve.add_argument("--show", action="store_true", help="on a terminal, redraw the grid at every step (blanks "
+                       "as a dim _, each step's digits highlighted), then print the usual output")
     solve.set_defaults(func=cmd_solve)
 
     gen = ssub.add_parser("generate", help="write random puzzles with unique solutions as a puzzle,solution CSV",

@@ -163,7 +163,7 @@ def remask_options(options: dict | None) -> dict:
     return opts
 
 
-def _sample(net, model, n, steps, plan, sampler, remask, temperature, fixed, given, generator):
+def _sample(net, model, n, steps, plan, sampler, remask, temperature, fixed, given, generator, hooks=None):
     """One batch through the chosen sampler: planned (one blank per step by default), the conflict re-masker
     (`CorrectRule` with `conflict_flags`) or a ReMDM schedule (every row evaluated at every step)."""
     from ddlm.sampling.core import run
@@ -173,31 +173,35 @@ def _sample(net, model, n, steps, plan, sampler, remask, temperature, fixed, giv
     if sampler == "planned":
         return sample_masked(net, model.process, n, N_CELLS, steps, rule="planned", planner=plan,
                              temperature=temperature, cached=True, fixed=fixed, fixed_mask=given,
-                             generator=generator)
+                             generator=generator, hooks=hooks)
     opts = dict(remask)
     schedule, budget = opts.pop("schedule"), opts.pop("budget")
     if schedule == "conflict":
         rule = CorrectRule(model.process, plan, sudoku_flags, budget=budget, temperature=temperature,
                            cached=True, **opts)
         return run(rule, net, model.process, n, N_CELLS, steps, temperature=temperature, fixed=fixed,
-                   fixed_mask=given, generator=generator)
+                   fixed_mask=given, generator=generator, hooks=hooks)
     return sample_masked(net, model.process, n, N_CELLS, steps + budget, rule="remask", temperature=temperature,
-                         fixed=fixed, fixed_mask=given, generator=generator, remask={"schedule": schedule, **opts})
+                         fixed=fixed, fixed_mask=given, generator=generator, remask={"schedule": schedule, **opts},
+                         hooks=hooks)
 
 
 def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict | None = None,
                   steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
                   views: int = 1, progress: bool = False, sampler: str = "planned",
-                  remask: dict | None = None) -> dict:
+                  remask: dict | None = None, observer=None) -> dict:
     """Fill the blanks of `puzzles` (N, 81) int (0 = blank) with the model.
 
     steps=None commits one blank per step (each row takes as many steps as it has blanks); steps=S commits
     ceil(blanks_left / steps_left) cells per step, so every puzzle finishes in S steps.
     sampler="remask" adds re-masking (`remask_options(remask)`): the conflict schedule re-decodes the cells that
     break a rule within `budget` more steps; a ReMDM schedule walks steps + budget steps.
+    observer: called with every intermediate sampling state (tokens (b, 81), 9 = blank; `sampling.stream`).
     Returns {"boards": (N, 81) int8, "nfe": network calls summed over batches, "row_evals": puzzle-evaluations
     (the per-puzzle cost: NFE per puzzle = row_evals / N), "seconds": wall time}.
     """
+    from ddlm.sampling.stream import attach_observer
+
     check_sudoku_model(model)
     puzzles = np.asarray(puzzles)
     if puzzles.ndim != 2 or puzzles.shape[1] != N_CELLS:
@@ -240,7 +244,8 @@ def solve_puzzles(model, puzzles, *, planner="top_margin", planner_options: dict
                 if views > 1:
                     net = SymmetryEnsemble(model.backbone, len(p), views, np.random.default_rng([seed, lo]))
                 out = _sample(net, model, len(p), steps or blanks, plan, sampler, remask, temperature,
-                              torch.where(given, tokens, 0).to(device), given.to(device), generator)
+                              torch.where(given, tokens, 0).to(device), given.to(device), generator,
+                              None if observer is None else attach_observer(None, observer))
                 boards[lo: lo + len(p)] = from_tokens(out.tokens.cpu().numpy())
                 nfe += out.nfe
                 row_evals += out.row_evals * views  # the backbone saw every view of every evaluated row
@@ -272,7 +277,8 @@ RETRIES = ("symmetry", "gumbel")
 def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", planner_options: dict | None = None,
                     steps: int | None = None, temperature: float = 0.0, batch_size: int = 256, seed: int = 0,
                     tries: int = 1, retry: str = "symmetry", retry_gumbel: float = 0.1, views: int = 1,
-                    progress: bool = False, sampler: str = "planned", remask: dict | None = None) -> dict:
+                    progress: bool = False, sampler: str = "planned", remask: dict | None = None,
+                    observer=None) -> dict:
     """Solve and score: {n, solved, solve_rate, cell_accuracy, nfe (per puzzle, a mean), nfe_total (network calls),
     row_evals (puzzle-evaluations summed over puzzles, an int: the NFE of one puzzle when N = 1), seconds,
     seconds_per_puzzle, tries, retry, views, sampler, remask (its options, or None), solved_first_try,
@@ -291,6 +297,9 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
 
     views > 1: the denoiser averages its probabilities over the board and views - 1 random symmetries of it
     (`SymmetryEnsemble`); NFE counts every view.
+
+    observer: every intermediate state of every try (`solve_puzzles`); a symmetry retry shows the board as the
+    model sees it, transformed.
     """
     from .generate import apply_symmetries, random_symmetries, undo_symmetries
 
@@ -301,7 +310,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
     puzzles = np.asarray(puzzles)
     res = solve_puzzles(model, puzzles, planner=planner, planner_options=planner_options, steps=steps,
                         temperature=temperature, batch_size=batch_size, seed=seed, views=views, progress=progress,
-                        sampler=sampler, remask=remask)
+                        sampler=sampler, remask=remask, observer=observer)
     boards, row_evals, nfe, seconds = res["boards"], res["row_evals"], res["nfe"], res["seconds"]
     solved = is_solution(boards, puzzles)  # (N,) judged by the givens alone
     first_try_mask = solved.copy()
@@ -321,7 +330,7 @@ def evaluate_sudoku(model, puzzles, solutions=None, *, planner="top_margin", pla
             todo_puzzles = apply_symmetries(todo_puzzles, cells, digits)
         again = solve_puzzles(model, todo_puzzles, planner=again_planner, steps=steps, temperature=temperature,
                               batch_size=batch_size, seed=seed + attempt, views=views, progress=progress,
-                              sampler=sampler, remask=remask)
+                              sampler=sampler, remask=remask, observer=observer)
         boards[todo] = undo_symmetries(again["boards"], cells, digits) if retry == "symmetry" else again["boards"]
         row_evals, nfe, seconds = row_evals + again["row_evals"], nfe + again["nfe"], seconds + again["seconds"]
         solved[todo] = is_solution(boards[todo], puzzles[todo])
