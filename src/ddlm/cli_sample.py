@@ -8,6 +8,7 @@ import sys
 from .cli_common import (_add_device, _add_threads, _device, _float, _plural, _positive_int, _seed, _threads,
                          add_planner_options, planner_options_from)
 from .errors import UserError
+from .guidance.cli import add_arguments as add_steering_arguments, options_from as steering_options
 
 SAMPLE_THREADS = 1  # measured on a busy 2-core machine: 1 thread ran 4 x 256 tokens 2.3-4x faster than 2 (README)
 
@@ -31,6 +32,7 @@ def cmd_sample(args) -> int:
                    planner_options=planner_options, temperature=args.temperature, prompt=args.prompt, seed=seed,
                    batch_size=args.batch_size, kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0,
                    compile=args.compile, progress=not args.json and sys.stderr.isatty())  # a bar only for a person
+    options.update(steering_options(args))  # --cond, --guidance, --reward with --svdd / --smc (guidance/cli.py)
     context = model.cfg.model.max_len
     if args.kv_cache and (args.length or context) <= context:
         print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
@@ -81,6 +83,7 @@ def register(sub) -> None:
     add_planner_options(s)
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
+    add_steering_arguments(s)
     s.add_argument("--seed", type=_seed, help="random seed (default: a fresh one, printed on stderr so that the "
                    "samples can be drawn again)")
     s.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="samples per network "

@@ -59,7 +59,7 @@ def build(V=3, L=3, seeds=(1, 2)):
 def soft_value(toy: ToyDistribution, reward: torch.Tensor, alpha: float, mask_id: int):
     """value(x (N, L), s) -> (N,): alpha log sum_{x_0 consistent with x} p(x_0 | x) exp(r(x_0) / alpha), exactly;
     reward (V^L,) over toy.support."""
-    def value(x, s=None):
+    def value(x, s=None, rows=None):
         known = x != mask_id  # (N, L)
         agree = ((toy.support[None] == x[:, None]) | ~known[:, None]).all(-1)  # (N, S)
         w = toy.p[None] * agree

@@ -38,7 +38,8 @@ def gumbel(v: torch.Tensor, generator) -> torch.Tensor:
 class SVDDProposer:
     """`propose(logp, where, state, draw)` hook: M candidates per row, one kept by softmax(value / alpha).
 
-    value(x (N, L), s) -> (N,): the candidates' values (e.g. PredictedReward); generator: the run's generator
+    value(x (N, L), s, rows=) -> (N,): the candidates' values (PredictedReward; rows (N,) = the run's row of each
+    candidate); generator: the run's generator
     (the choice among candidates draws from it). M = 1 is one draw: exactly the plain sampler, no value call."""
 
     def __init__(self, value, candidates: int, alpha: float = 0.0, generator=None):
@@ -52,7 +53,8 @@ class SVDDProposer:
         cands = torch.stack([default_propose(logp, where, state, draw) for _ in range(self.M)])  # (M, B, L')
         M, B = cands.shape[:2]
         nxt = torch.stack([candidate_state(c, where, state) for c in cands])  # (M, B, L)
-        v = self.value(nxt.reshape(M * B, -1), state.s).reshape(M, B).to(torch.float64)  # (M, B)
+        rows = torch.arange(B, device=nxt.device).repeat(M)  # candidate m of row b is row m * B + b
+        v = self.value(nxt.reshape(M * B, -1), state.s, rows=rows).reshape(M, B).to(torch.float64)  # (M, B)
         if self.alpha == 0.0:
             pick = v.argmax(0)  # (B,) the first best on ties
         else:

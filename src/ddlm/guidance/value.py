@@ -40,7 +40,7 @@ def checked_reward(reward, name: str | None = None):
 
 
 class PredictedReward:
-    """value(x (N, L), t) -> (N,) float64: the reward of x̂_0, where every masked position of x takes the
+    """value(x (N, L), t, rows=None) -> (N,) float64: the reward of x̂_0, where every masked position of x takes the
     denoiser's argmax (one network call on the rows that still have a masked position; a finished row is
     its own x̂_0). `nfe` and `row_evals` count the calls.
 
@@ -53,14 +53,17 @@ class PredictedReward:
         self.nfe = self.row_evals = 0
 
     @torch.no_grad()
-    def clean(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """x̂_0 (N, L): x with its masked positions replaced by the denoiser's argmax."""
+    def clean(self, x: torch.Tensor, t: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x̂_0 (N, L): x with its masked positions replaced by the denoiser's argmax. rows (N,): the run's row
+        each x row is a candidate of (None: row i of x is the run's row i), for a backbone with per-row state
+        (labels)."""
         masked = self.process.is_masked(x)  # (N, L)
-        rows = masked.any(-1).nonzero()[:, 0]
-        if len(rows) == 0:
+        rows_ = masked.any(-1).nonzero()[:, 0]
+        if len(rows_) == 0:
             return x
         if hasattr(self.backbone, "select_rows"):
-            self.backbone.select_rows(rows)
+            self.backbone.select_rows(rows_ if rows is None else rows.to(rows_.device)[rows_])
+        rows = rows_
         tt = torch.full((len(rows),), float(t), device=x.device)
         logp = self.process.log_probs(self.backbone(x[rows], tt))  # (n, L, V)
         self.nfe += 1
@@ -69,8 +72,8 @@ class PredictedReward:
         out[rows] = torch.where(masked[rows], logp.argmax(-1), x[rows])
         return out
 
-    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return self.reward(self.clean(x, t))
+    def __call__(self, x: torch.Tensor, t: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reward(self.clean(x, t, rows))
 
 
 def check_alpha(alpha, what: str) -> float:
