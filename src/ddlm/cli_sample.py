@@ -32,18 +32,34 @@ def cmd_sample(args) -> int:
                    planner_options=planner_options, temperature=args.temperature, prompt=args.prompt, seed=seed,
                    batch_size=args.batch_size, kv_cache=args.kv_cache, kv_refresh=args.kv_refresh or 0,
                    compile=args.compile, progress=not args.json and sys.stderr.isatty())  # a bar only for a person
+    if args.max_length is not None:  # texts of their own lengths: each stops at its <eos> (sampling/stops.py)
+        options["max_length"] = args.max_length
+    if args.infill is not None:  # [MASK] spans (ddlm/infill.py): one call, every sample kept
+        if args.kv_cache or args.compile:
+            raise UserError("--infill takes neither --kv-cache nor --compile")
+        del options["kv_cache"], options["kv_refresh"], options["compile"], options["progress"]
+        options.update(infill=args.infill, span_lengths=args.span_lengths)
+    elif args.span_lengths is not None:
+        raise UserError("--span-lengths is the range of lengths tried for the [MASK] of --infill; add --infill TEXT")
     options.update(steering_options(args))  # --cond, --guidance, --reward with --svdd / --smc (guidance/cli.py)
     context = model.cfg.model.max_len
     if args.kv_cache and (args.length or context) <= context:
         print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
               f"{context}-token context, no finished prefix)", file=sys.stderr)
     note = None if args.seed is not None else f"note: seed {seed} (add --seed {seed} to draw these samples again)"
-    if args.json:  # one object: every sample is kept (generate refuses a result that cannot fit in memory)
-        out = model.generate(**options)
+    if args.json or args.infill is not None:  # one object: every sample is kept (generate refuses a result
+        out = model.generate(**options)      # that cannot fit in memory)
         if note:
             print(note, file=sys.stderr)
-        print(json.dumps({"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
-                          "seconds": round(out.seconds, 4), "seed": out.seed}))
+        if not args.json:
+            return _print_infill(out)
+        obj = {"samples": out.texts, "nfe": out.nfe, "row_evals": out.row_evals,
+               "seconds": round(out.seconds, 4), "seed": out.seed}
+        if out.lengths is not None:  # each sample's length in tokens (before its <eos>) and in characters
+            obj["lengths"] = [{"tokens": int(k), "chars": len(t)} for k, t in zip(out.lengths, out.texts)]
+        if out.span_lengths is not None:
+            obj["span_lengths"] = out.span_lengths.tolist()
+        print(json.dumps(obj))
         return 0
     count = nfe = row_evals = length = 0
     seconds = 0.0
@@ -57,8 +73,18 @@ def cmd_sample(args) -> int:
         sys.stdout.flush()
         nfe, row_evals, seconds = nfe + part.nfe, row_evals + part.row_evals, seconds + part.seconds
         length = part.tokens.shape[1]
-    print(f"--- {_plural(count, 'sample')}, {_plural(length, 'token')} each, NFE {nfe} "
+    each = f"{_plural(length, 'token')} each" if args.max_length is None else f"at most {args.max_length} tokens"
+    print(f"--- {_plural(count, 'sample')}, {each}, NFE {nfe} "
           f"({_plural(row_evals, 'row evaluation')}), {seconds:.2f} s")
+    return 0
+
+
+def _print_infill(out) -> int:
+    for i, text in enumerate(out.texts):
+        span = "" if out.span_lengths is None else f" (span of {int(out.span_lengths[i])} tokens)"
+        print(f"--- sample {i + 1}{span} ---\n{text}")
+    print(f"--- {_plural(len(out.texts), 'sample')}, NFE {out.nfe} ({_plural(out.row_evals, 'row evaluation')}), "
+          f"{out.seconds:.2f} s")
     return 0
 
 
@@ -83,6 +109,14 @@ def register(sub) -> None:
     add_planner_options(s)
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
+    s.add_argument("--max-length", type=_positive_int, metavar="N", help="a model trained on records: each "
+                   "sample stops at its end-of-text token (<eos>) within N tokens, so samples have their own "
+                   "lengths (--json reports them); instead of --length")
+    s.add_argument("--infill", metavar="TEXT", help="fill the [MASK] spans of TEXT: [MASK:k] is k tokens, [MASK] "
+                   "a span of unknown length (a model trained on records): each length of --span-lengths is "
+                   "filled and the fill most likely under the model's bound is kept")
+    s.add_argument("--span-lengths", metavar="LO:HI", help="lengths tried for the [MASK] of --infill "
+                   "(default 1:32)")
     add_steering_arguments(s)
     s.add_argument("--seed", type=_seed, help="random seed (default: a fresh one, printed on stderr so that the "
                    "samples can be drawn again)")
