@@ -151,3 +151,58 @@ def test_max_length_needs_a_model_with_eos_and_a_positive_count():
         with pytest.raises(UserError, match=match) as e:
             model.generate(n=1, **bad)
         assert "\n" not in str(e.value)
+
+
+# ---- infilling a span of unknown length (ddlm/infill.py) ----------------------------------------------------
+def test_infill_finds_the_only_length_with_mass():
+    """Records are 'a' + 2 tokens + 'b' (one length has all the mass): a[MASK]b tried at lengths 1..3 keeps 2,
+    and the fill follows the toy's conditional."""
+    toy = record_toy({4: 1.0}, length=6)
+    model = toy_model(toy)
+    kw = dict(n=200, seed=0, sampler="planned", planner="random", batch_size=200)
+    out = model.generate(infill="a[MASK]b", span_lengths="1:3", **kw)
+    assert out.span_lengths.tolist() == [2] * 200
+    assert all(len(t) == 4 and t[0] == "a" and t[-1] == "b" for t in out.texts)
+    _check_rows(toy, out.tokens, out.lengths)
+    # the middle two tokens against p(x_1, x_2 | x_0 = a, x_3 = b) of the toy
+    given = (toy.support[:, 0] == 0) & (toy.support[:, 3] == 1)
+    p = toy.p[given] / toy.p[given].sum()
+    codes = toy.support[given][:, 1] * 2 + toy.support[given][:, 2]  # (4,)
+    seen = torch.bincount(out.tokens[:, 1] * 2 + out.tokens[:, 2], minlength=4).double()[codes]
+    expected = p * 200
+    assert (((seen - expected) ** 2) / expected).sum() < 16.27  # chi-square, 3 dof, upper 0.1%
+    # cost: 3 infill runs and 3 x BOUND_DRAWS bound calls
+    fixed = model.generate(infill="a[MASK:2]b", **kw)
+    from ddlm.infill import BOUND_DRAWS
+    assert fixed.span_lengths is None and fixed.nfe == 2
+    assert out.nfe == 1 + 2 + 3 + 3 * BOUND_DRAWS  # a span of k tokens takes k steps, one at a time
+
+
+def test_infill_prefers_the_more_likely_length():
+    """Lengths 2 and 3 both possible after 'a': the chosen span length follows the bound, and with the exact
+    denoiser a span of an impossible length (4: a record of 5 > the toy's longest) is never kept."""
+    toy = record_toy({2: 0.1, 3: 0.9}, length=6)
+    out = toy_model(toy).generate(n=100, infill="a[MASK]", span_lengths="1:4", seed=0)
+    assert set(out.span_lengths.tolist()) <= {1, 2} and (out.span_lengths == 2).sum() > 50
+
+
+@pytest.mark.parametrize("template,kw,match", [
+    ("no span here", {}, "at least one"), ("[MASK] and [MASK]", {}, "at most one"),
+    ("a[MASK:0]", {}, "positive whole"), ("a[MASK:x]", {}, "positive whole"),
+    ("a[MASK]", {"span_lengths": "3:1"}, "LO <= HI"), ("a[MASK]", {"span_lengths": "x"}, "LO:HI"),
+    ("a[MASK]", {"length": 6}, "drop length"), ("aaaaaa[MASK]", {}, "context"),
+])
+def test_infill_bad_input_is_one_line(template, kw, match):
+    model = toy_model(record_toy(length=6))
+    with pytest.raises(UserError, match=match) as e:
+        model.generate(n=1, infill=template, **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_length_needs_eos_and_ar_cannot_infill():
+    stream = SequenceModel(apply_overrides(load_preset("tiny"), ["model.max_len=8"]), CharTokenizer("ab"))
+    with pytest.raises(UserError, match="records"):
+        stream.generate(infill="a[MASK]b")
+    assert len(stream.generate(n=2, infill="a[MASK:3]b", seed=0).texts[0]) == 5  # a known length needs no <eos>
+    with pytest.raises(UserError, match="autoregressive"):
+        toy_model(record_toy(), "ar").generate(infill="a[MASK]")

@@ -24,6 +24,7 @@ class SampleOutput:
     texts: list | None = None
     seed: int | None = None  # the generator's seed (SequenceModel.generate records it)
     lengths: torch.Tensor | None = None  # (B,) long tokens before each row's <eos> (generate(max_length=...))
+    span_lengths: torch.Tensor | None = None  # (B,) long the length each row's [MASK] took (generate(infill=...))
 
 
 class Denoiser:
