@@ -32,6 +32,10 @@ def cmd_eval(args) -> int:
         return TASKS[args.task](model, args)
     if args.gen_ppl:
         return _eval_gen_ppl(model, args)
+    from .data.record_data import uses_records
+    from .data.sources import SOURCES
+    if uses_records(model.cfg.data) and (args.data is None or args.data not in SOURCES):
+        return _eval_records(model, args)
     val = validation_blocks(model.cfg, model.tokenizer, args.data or None)
     m = evaluate_nll(model, val, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
                      max_blocks=args.max_blocks, progress=not args.json and sys.stderr.isatty())
@@ -47,6 +51,31 @@ def cmd_eval(args) -> int:
             value = f"{m['nll']:.4f} nats/token (no interval from one t-sample; use --t-samples 2 or more)"
         print(f"{model.family.name} on {m['data']} validation ({_plural(m['n_tokens'], 'token')}, {kind}): "
               f"{value}, {m['bpc']:.4f} bpc, perplexity {m['ppl']:.3f}")
+    return 0
+
+
+def _eval_records(model, args) -> int:
+    """A records model: the bound per record in bits per real character (eval/records.py)."""
+    from .data.record_data import learns_padding, record_validation, training_lengths
+    from .data.records import describe_report
+    from .eval.records import describe, evaluate_records, length_prior
+
+    cfg = model.cfg
+    val, real, report = record_validation(cfg, model.tokenizer, args.data or None)
+    prior = None
+    if not model.family.causal and not learns_padding(cfg, model.tokenizer.vocab_size):  # told the length
+        prior = length_prior(training_lengths(cfg, model.tokenizer), cfg.model.max_len)
+    m = evaluate_records(model, val, real, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
+                         max_blocks=args.max_blocks, length_nats=prior,
+                         progress=not args.json and sys.stderr.isatty())
+    kind = cfg.data.records if not args.data or args.data == cfg.data.source else "lines"
+    m.update(family=model.family.name, data=args.data or cfg.data.source, records_kind=kind, report=report)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    if report["n_skipped"] or report["n_cut"]:
+        print(describe_report(report, "validation records"), file=sys.stderr)
+    print(describe(m, model.family.name, m["data"], kind))
     return 0
 
 
