@@ -3,6 +3,7 @@ number of givens (a table, and a PNG plot when matplotlib is installed).
 
     python benchmarks/sudoku.py [--model DIR] [--limit N] [--stratify] [--data CSV ...] [--planners a,b]
                                 [--json] [--plot PNG]
+    python benchmarks/sudoku.py --curve --data rrn-validation.csv [--limit 500] [--runs RUN ...] [--every N]
 
 Defaults: the committed models/sudoku, the 20 example puzzles shipped with ddlm (src/ddlm/tasks/sudoku/examples), one CPU
 thread. For the published comparisons pass the public test sets, e.g. `--data satnet-test.csv rrn-validation.csv`
@@ -211,7 +212,17 @@ def main(argv=None) -> int:
                    "(every row is evaluated at every step; default 100)")
     p.add_argument("--remask-option", action="append", default=[], metavar="KEY=VALUE",
                    help="--remask: options of the conflict schedule (default: the library's)")
+    p.add_argument("--curve", action="store_true", help="first-try solve rate against training minutes and steps "
+                   "for the runs in --runs (checkpoints kept by benchmarks/sudoku_curve.py --keep RUN): a table of "
+                   "the steps and minutes each needs to reach 50%%, 70%% and its final value, and a PNG")
+    p.add_argument("--runs", nargs="+", default=["runs/curve-uniform", "runs/curve-puma"], metavar="RUN",
+                   help="--curve: run directories, one per arm (default runs/curve-uniform runs/curve-puma)")
+    p.add_argument("--every", type=int, default=1, help="--curve: evaluate every N-th kept checkpoint (and the last)")
+    p.add_argument("--targets", default="0.5,0.7", help="--curve: solve rates whose first step and minute the table "
+                   "gives (comma-separated fractions, default 0.5,0.7)")
     args = p.parse_args(argv)
+    if args.curve:
+        return main_curve(args)
     if args.remask:
         return main_remask(args)
     try:
@@ -269,6 +280,44 @@ def main_remask(args) -> int:
         if args.plot:
             print(plot_remask(rows, Path(args.plot).with_name(Path(args.plot).stem + "-remask.png")),
                   file=sys.stderr)
+    except UserError as e:
+        print(f"benchmarks/sudoku.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_curve(args) -> int:
+    """Solve rate at the first try (top_margin, greedy) against training time, one curve per run (issue 14)."""
+    if str(Path(__file__).parent) not in sys.path:  # the helper module beside this file
+        sys.path.insert(0, str(Path(__file__).parent))
+    from sudoku_curve import curve_points, curve_table, format_table, plot_curve
+
+    try:
+        torch.set_num_threads(args.threads)
+        if not args.data or len(args.data) != 1:
+            raise UserError("--curve needs one puzzle file, e.g. --data rrn-validation.csv")
+        data = Path(args.data[0])
+        runs = [Path(r) for r in args.runs]
+        for r in runs:
+            if not (r / "snapshots").is_dir():
+                raise UserError(f"{r} has no snapshots/; train it while `python benchmarks/sudoku_curve.py --keep "
+                                f"{r}` keeps its checkpoints")
+        start = time.perf_counter()
+        names = [r.name.removeprefix("curve-") for r in runs]
+        curves = {n: curve_points(r, data, args.limit or None, args.every, args.batch_size, not args.json)
+                  for n, r in zip(names, runs)}
+        rows = curve_table(curves, tuple(float(x) for x in args.targets.split(",") if x))
+        meta = {"data": str(data), "limit": args.limit, "threads": args.threads,
+                "seconds": time.perf_counter() - start}
+        if args.json:
+            print(json.dumps({**meta, "rows": rows, "curves": curves}))
+        else:
+            print(f"first-try solve rate (top_margin, greedy) on the first {args.limit} of {data.name} against "
+                  f"training steps and wall-minutes (step / minutes)\n")
+            print(format_table(rows))
+        if args.plot:
+            png = Path(args.plot).with_name(Path(args.plot).stem + "-curve.png")
+            print(plot_curve(curves, png, f"{data.stem}, first {args.limit}"), file=sys.stderr)
     except UserError as e:
         print(f"benchmarks/sudoku.py: error: {e}", file=sys.stderr)
         return 2
