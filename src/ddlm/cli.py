@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_molecules(sub)
     from .cli_plot import register as register_plot
     register_plot(sub)
+    from .cli_serve import register as register_serve
+    register_serve(sub)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)

@@ -1,0 +1,164 @@
+"""`ddlm serve`: a server on a free port in a thread, hit with urllib. The streamed final text is generate's for
+the same seed, the steps only ever unmask, Sudoku boards are evaluate_sudoku's, bad parameters get 400 with one
+line of JSON, a busy server 429, a closed connection stops its generation, and the page and its assets come
+with their content types."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ddlm import SequenceModel
+from ddlm.serve.server import make_server, molecule_svg
+
+ROOT = Path(__file__).resolve().parents[1]
+PUZZLE = "054021000009000005020600000086193000400000300103004000000000708000308059068005010"
+
+
+def _start(model, **kw):
+    server = make_server(model, port=0, **kw)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture(scope="module")
+def text_server(tiny_run):
+    model = SequenceModel.from_pretrained(tiny_run[0])
+    server, url = _start(model)
+    yield model, url
+    server.shutdown()
+    server.server_close()
+
+
+def _post(url, body) -> urllib.request.Request:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return urllib.request.Request(url + "/api/generate", data=data, headers={"Content-Type": "application/json"})
+
+
+def _lines(url, body) -> list[dict]:
+    with urllib.request.urlopen(_post(url, body), timeout=60) as r:
+        assert r.headers["Content-Type"] == "application/x-ndjson"
+        return [json.loads(line) for line in r.read().decode().splitlines()]
+
+
+def test_streamed_final_text_is_generate_for_the_same_seed(text_server):
+    model, url = text_server
+    msgs = _lines(url, {"prompt": "And", "n": 2, "length": 16, "steps": 8, "seed": 5, "sampler": "ancestral"})
+    expected = model.generate(n=2, length=16, steps=8, seed=5, prompt="And", sampler="ancestral")
+    final = msgs[-1]
+    assert final["type"] == "final" and final["texts"] == expected.texts and final["seed"] == 5
+    assert ["".join(row["tokens"]) for row in final["rows"]] == expected.texts  # what the page shows
+    assert [m["type"] for m in msgs[:-1]] == ["step"] * (len(msgs) - 1) and len(msgs) >= 3
+    for before, after in zip(msgs, msgs[1:]):  # a position once shown stays shown, with the same token
+        for rb, ra in zip(before["rows"], after["rows"]):
+            for i, m in enumerate(rb["masked"]):
+                assert m or (not ra["masked"][i] and ra["tokens"][i] == rb["tokens"][i])
+                assert ra["new"][i] == int(bool(m and not ra["masked"][i]))
+    assert final["nfe"] == expected.nfe
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"steps": -1}, "steps must be a positive whole number"),
+    ({"n": 100}, "n must be at most 8"),
+    ({"colour": "red"}, "unknown parameter 'colour'"),
+    ({"temperature": "hot"}, "temperature must be a number"),
+    ({"sampler": "planned", "planner": "nope"}, "unknown planner 'nope'"),
+    ({"sampler": "routing"}, "routing"),
+    (b"{not json", "must be JSON"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_bad_parameters_get_400_with_one_line(text_server, body, message):
+    _, url = text_server
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(_post(url, body), timeout=30)
+    assert e.value.code == 400
+    text = e.value.read().decode()
+    assert text.count("\n") == 1 and "Traceback" not in text
+    assert message in json.loads(text)["error"]
+
+
+def test_page_and_assets_with_their_content_types(text_server):
+    _, url = text_server
+    for path, ctype, marker in [("/", "text/html", '<script src="/static/app.js">'),
+                                ("/static/app.js", "text/javascript", "/api/generate"),
+                                ("/static/style.css", "text/css", ".tok.mask")]:
+        with urllib.request.urlopen(url + path, timeout=10) as r:
+            assert r.headers["Content-Type"].split(";")[0] == ctype
+            assert marker in r.read().decode()
+    with urllib.request.urlopen(url + "/api/info", timeout=10) as r:
+        info = json.loads(r.read())
+    assert info["kind"] == "text" and "planned" in info["samplers"] and "top_margin" in info["planners"]
+    for missing in ("/nothing", "/api/molecule.svg?smiles=CCO"):  # a text model draws no molecules
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + missing, timeout=10)
+        assert e.value.code == 404
+
+
+def test_busy_server_says_429_and_a_closed_connection_stops_the_generation(tiny_run):
+    model = SequenceModel.from_pretrained(tiny_run[0])
+    calls = []
+
+    def slow(module, inputs):  # every network call takes 0.1 s: 16 steps would take 1.6 s
+        calls.append(1)
+        time.sleep(0.1)
+
+    model.backbone.register_forward_pre_hook(slow)
+    server, url = _start(model, max_jobs=1)
+    try:
+        first = urllib.request.urlopen(_post(url, {"length": 16, "steps": 16, "seed": 0}), timeout=30)
+        assert json.loads(first.readline())["type"] == "step"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(_post(url, {"length": 16, "steps": 2}), timeout=30)
+        assert e.value.code == 429 and "busy" in json.loads(e.value.read())["error"]
+        first.close()  # the page went away
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the slot comes back once the generation has stopped
+            if server.app.jobs.acquire(blocking=False):
+                server.app.jobs.release()
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the generation kept its slot after the connection closed")
+        stopped_at = len(calls)
+        assert stopped_at < 16
+        time.sleep(0.3)
+        assert len(calls) == stopped_at  # nothing runs any more
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sudoku_model_streams_the_board_of_evaluate_sudoku():
+    from ddlm.tasks.sudoku.board import format_board, parse_board
+    from ddlm.tasks.sudoku.solve import evaluate_sudoku
+
+    model = SequenceModel.from_pretrained(ROOT / "models" / "sudoku")
+    server, url = _start(model)
+    try:
+        with urllib.request.urlopen(url + "/api/info", timeout=10) as r:
+            assert json.loads(r.read())["kind"] == "sudoku"
+        msgs = _lines(url, {"puzzle": PUZZLE})
+        board = evaluate_sudoku(model, parse_board(PUZZLE)[None])["boards"][0]
+        assert msgs[-1]["texts"] == [format_board(board, pretty=False)]
+        assert "".join(msgs[-1]["rows"][0]["tokens"]) == format_board(board, pretty=False)
+        assert len(msgs) == PUZZLE.count("0") + 1  # one blank per step, then the final board
+        assert all(sum(m["rows"][0]["new"]) == 1 for m in msgs[:-1])
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(_post(url, {"puzzle": "12"}), timeout=10)
+        assert e.value.code == 400 and "81" in json.loads(e.value.read())["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_molecule_svg_with_rdkit():
+    pytest.importorskip("rdkit", reason="RDKit draws the molecules: pip install rdkit")
+    svg = molecule_svg("c1ccccc1O")
+    assert svg is not None and svg.lstrip().startswith(("<?xml", "<svg")) and "</svg>" in svg
+    assert molecule_svg("not a molecule((") is None
