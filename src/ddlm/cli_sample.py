@@ -47,8 +47,11 @@ def cmd_sample(args) -> int:
         print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
               f"{context}-token context, no finished prefix)", file=sys.stderr)
     note = None if args.seed is not None else f"note: seed {seed} (add --seed {seed} to draw these samples again)"
+    shown = None  # --show on a terminal: the samples drawn at every step (ddlm.show), then printed as usual
+    if getattr(args, "show", False) and sys.stdout.isatty() and getattr(args, "infill", None) is None:
+        shown = _show(model, options)
     if args.json or args.infill is not None:  # one object: every sample is kept (generate refuses a result
-        out = model.generate(**options)      # that cannot fit in memory)
+        out = shown if shown is not None else model.generate(**options)  # that cannot fit in memory)
         if note:
             print(note, file=sys.stderr)
         if not args.json:
@@ -63,7 +66,8 @@ def cmd_sample(args) -> int:
         return 0
     count = nfe = row_evals = length = 0
     seconds = 0.0
-    parts = model.iter_generate(**options)  # checks every option now; samples come batch by batch
+    # iter_generate checks every option now; samples come batch by batch
+    parts = [shown] if shown is not None else model.iter_generate(**options)
     if note:
         print(note, file=sys.stderr)
     for part in parts:  # written batch by batch: --n is bounded by time, not memory
@@ -86,6 +90,14 @@ def _print_infill(out) -> int:
     print(f"--- {_plural(len(out.texts), 'sample')}, NFE {out.nfe} ({_plural(out.row_evals, 'row evaluation')}), "
           f"{out.seconds:.2f} s")
     return 0
+
+
+def _show(model, options):
+    """The samples redrawn in place at every step; returns the final SampleOutput (generate's)."""
+    from .show import show_text_steps
+
+    stream = model.stream(**{k: v for k, v in options.items() if k not in ("compile", "progress")})
+    return show_text_steps(stream, model, header=lambda k: f"--- sample {k + 1} ---").output
 
 
 def register(sub) -> None:
@@ -133,4 +145,6 @@ def register(sub) -> None:
                    "--compile; pays only for long sampling jobs")
     _add_device(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--show", action="store_true", help="on a terminal, redraw the samples at every step (masks as "
+                   "a dim _, each step's new tokens highlighted), then print the usual output; elsewhere no effect")
     s.set_defaults(func=cmd_sample)
