@@ -1,8 +1,5 @@
 """Classifier-free guidance (guidance/cfg.py) on an exact two-class toy oracle."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +9,7 @@ from ddlm.sampling.core import Hooks
 from ddlm.sampling.loop import sample_masked
 from ddlm.sampling.planners import get_planner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import build, table  # noqa: E402
+from ddlm.guidance.toys import build, table
 
 V, L = 3, 3
 

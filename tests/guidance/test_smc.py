@@ -1,8 +1,5 @@
 """SMC steering (guidance/smc.py) on toy oracles."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +9,7 @@ from ddlm.sampling.core import Hooks
 from ddlm.sampling.loop import sample_masked
 from ddlm.sampling.planners import get_planner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import build, frequencies, soft_value, tilted  # noqa: E402
+from ddlm.guidance.toys import build, frequencies, soft_value, tilted
 
 V, L = 3, 3
 

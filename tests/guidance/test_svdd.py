@@ -1,9 +1,6 @@
 """SVDD (guidance/svdd.py) against exact answers on toy oracles."""
 
 import math
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +9,7 @@ from ddlm.sampling.core import Hooks
 from ddlm.sampling.loop import sample_masked
 from ddlm.sampling.planners import get_planner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import build, frequencies, soft_value, table, tilted  # noqa: E402
+from ddlm.guidance.toys import build, frequencies, soft_value, table, tilted
 
 V, L = 3, 3
 TARGET = 5  # index in the toy's support of the rewarded sequence

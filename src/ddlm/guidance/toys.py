@@ -1,4 +1,4 @@
-"""Conditional toy oracles and exact steering targets for the guidance tests.
+"""Conditional toy oracles and exact steering targets, for the guidance tests and benchmarks/steering.py.
 
 `ConditionalOracle`: two classes with different known distributions p_c over V^L sequences (ToyDistribution
 tables); label -1 (or none) is their mixture p = sum_c pi_c p_c, so the exact unconditional denoiser is the
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ddlm.processes.masking import MaskingProcess
-from ddlm.processes.schedules import LogLinear
-from ddlm.toys import ToyDistribution
+from ..processes.masking import MaskingProcess
+from ..processes.schedules import LogLinear
+from ..toys import ToyDistribution
 
 
 def mixture(toys, weights) -> ToyDistribution:
