@@ -1,0 +1,185 @@
+"""Do generated records have the lengths of real ones? MDLM and AR trained on records, side by side.
+
+    python benchmarks/lengths.py [--json] [--n 512] [--runs runs/lengths] [--max-steps 1000] [--threads 1]
+                                 [--lines-only] [--lines-steps 400]
+
+KJV verses: an MDLM and an AR model trained with the same budget (the quick preset, `--records verses`, the
+same steps, batch and seed), each in `RUNS-FAMILY`; a run directory without a model is trained first with
+
+    ddlm train --preset quick --corpus kjv --records verses --process FAMILY --out RUNS-FAMILY \
+        --max-steps 1000 --quiet train.threads=1 train.eval_every=0 train.ckpt_every=250
+
+(about 20 minutes per family on a busy 2-core CPU). Each model generates `--n` samples with
+`generate(max_length=context)` (they stop at <eos>), compared with the held-out verses that fit the
+context (the validation split the training left out, those a 128-token row holds):
+
+    tv           total-variation distance between the histograms of generated and held-out lengths in
+                 characters, bins of BIN_WIDTH characters: 0.5 * sum over bins |p_gen - p_held|
+                 (target <= 0.10; n = 512 samples alone give about 0.05 of sampling noise over 16 bins)
+    mean_length  mean generated length in characters (mean_held: the held-out mean)
+    bpc          the bound per held-out record in bits per character (eval/records.py: the NELBO of MDLM
+                 over 4 t-samples, the exact NLL of AR; <eos> scored, not counted as a character)
+
+Lines: the same table for one-record-per-line on the test fixture tests/data/fixtures/lines.txt (48 short
+lines), tiny models trained here for `--lines-steps` steps (seconds); the reference lengths and the bpc
+are the file's own lines (in-sample: the file is all there is).
+
+--json prints one object: {"data": ..., "bin_width": ..., "rows": [{"family", "tv", "mean_length",
+"mean_held", "bpc", "n", "nfe", "seconds", "samples"}, ...], "lines": {the same for the fixture}}
+(with --lines-only, the fixture's table is the top level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LINES = ROOT / "tests" / "data" / "fixtures" / "lines.txt"
+FAMILIES = ("mdlm", "ar")
+BIN_WIDTH = {"kjv": 8, "lines": 4}  # characters per histogram bin: 16 bins over a 128-token verse row
+KJV_TRAIN = ["train.eval_every=0", "train.ckpt_every=250", "train.seed=0"]
+LINES_TRAIN = ["model.max_len=80", "train.batch_size=16", "train.lr=3e-3", "train.warmup_steps=20",
+               "train.eval_every=0", "train.ckpt_every=0", "train.log_every=1000000", "train.seed=0",
+               "train.ema=0.98", "data.val_fraction=0.1"]
+
+
+def histogram(lengths: torch.Tensor, bin_width: int, top: int) -> torch.Tensor:
+    """Probabilities (ceil((top + 1) / bin_width),) float64 of lengths (N,) in bins [0, w), [w, 2w), ...;
+    lengths above `top` fall in the last bin."""
+    n_bins = -(-(top + 1) // bin_width)
+    bins = (lengths.long().clamp(0, top) // bin_width).clamp_max(n_bins - 1)
+    counts = torch.bincount(bins, minlength=n_bins).double()
+    return counts / counts.sum().clamp_min(1)
+
+
+def total_variation(a: torch.Tensor, b: torch.Tensor, bin_width: int, top: int) -> float:
+    """Total-variation distance between the length histograms of a (N,) and b (M,): 0.5 sum |p - q|."""
+    return 0.5 * float((histogram(a, bin_width, top) - histogram(b, bin_width, top)).abs().sum())
+
+
+def record_rows(model, records: list[str]):
+    """(data as the model was trained on it, real mask (N, L)) of `records` packed one per row (long ones
+    skipped, as in training)."""
+    from ddlm.data.record_data import learns_padding, record_batch
+    from ddlm.data.records import encode_records, pack_flat
+
+    tok = model.tokenizer
+    flat, lengths = encode_records(tok, records)
+    tokens, mask, _ = pack_flat(flat, lengths, model.cfg.model.max_len, None, tok.eos_id, tok.pad_id, "skip")
+    return record_batch(tokens, mask, learns_padding(model.cfg, tok.vocab_size)), mask
+
+
+def measure(model, held: list[str], data, real_mask, *, n: int, bin_width: int, seed: int = 0,
+            t_samples: int = 4, batch_size: int = 64, n_show: int = 3) -> dict:
+    """One row of the table: generate n records (stopping at <eos>) and compare with `held` texts."""
+    from ddlm.eval.records import evaluate_records
+
+    context = model.cfg.model.max_len
+    out = model.generate(n=n, max_length=context, seed=seed, batch_size=batch_size)
+    gen = torch.tensor([len(t) for t in out.texts])
+    ref = torch.tensor([len(t) for t in held])
+    m = evaluate_records(model, data, real_mask, batch_size=32, t_samples=t_samples, seed=seed)
+    return {"family": model.family.name, "tv": round(total_variation(gen, ref, bin_width, context), 4),
+            "mean_length": round(float(gen.double().mean()), 2), "mean_held": round(float(ref.double().mean()), 2),
+            "bpc": round(m["bpc"], 4), "bpc_ci95": round(m["bpc_ci95"], 4), "n": n, "n_held": len(held),
+            "nfe": out.nfe, "seconds": round(out.seconds, 2), "samples": out.texts[:n_show]}
+
+
+def _fit(cfg, out):
+    """Train cfg into `out`, the trainer's lines on stderr (stdout holds the table or the JSON)."""
+    from ddlm.train.loop import Trainer
+
+    return Trainer(cfg, out, overwrite=True, progress=False,
+                   log=lambda *a, **k: print(*a, **dict(k, file=sys.stderr))).run()
+
+
+def kjv_model(family: str, runs: str, max_steps: int):
+    """The KJV-verses model of `family` in RUNS-FAMILY, trained first when the directory has none."""
+    import ddlm
+    from ddlm.families import configure
+
+    out = Path(f"{runs}-{family}")
+    if not (out / "model" / "config.json").is_file():
+        print(f"training {family} on KJV verses into {out} ({max_steps} steps)", file=sys.stderr)
+        ov = [f"process.name={family}", "data.source=kjv", "data.records=verses", f"train.max_steps={max_steps}",
+              "train.threads=1"] + KJV_TRAIN
+        cfg = configure(ddlm.apply_overrides(ddlm.load_preset("quick"), ov), ov)
+        _fit(cfg, out)
+    return ddlm.SequenceModel.from_pretrained(out)
+
+
+def kjv_table(args) -> dict:
+    from ddlm.data.record_data import prepare_record_data
+
+    rows = []
+    for family in FAMILIES:
+        model = kjv_model(family, args.runs, args.max_steps)
+        _, _, (tokens, mask), _ = prepare_record_data(model.cfg, model.tokenizer, train=False)
+        held = [model.decode(r[m]) for r, m in zip(tokens, mask)]  # the held-out verses that fit a row
+        data, real = record_rows(model, held)
+        rows.append(measure(model, held, data, real, n=args.n, bin_width=BIN_WIDTH["kjv"], seed=args.seed))
+    return {"data": "kjv verses (held out)", "bin_width": BIN_WIDTH["kjv"], "rows": rows}
+
+
+def lines_table(args) -> dict:
+    import ddlm
+    from ddlm.data.records import load_records
+    from ddlm.families import configure
+
+    lines = load_records(str(LINES), "lines")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in FAMILIES:
+            ov = [f"process.name={family}", f"data.source={LINES}", "data.records=lines",
+                  f"train.max_steps={args.lines_steps}", "train.threads=1"] + LINES_TRAIN
+            cfg = configure(ddlm.apply_overrides(ddlm.load_preset("tiny"), ov), ov)
+            model = _fit(cfg, Path(tmp) / family)
+            data, real = record_rows(model, lines)
+            rows.append(measure(model, lines, data, real, n=args.n, bin_width=BIN_WIDTH["lines"], seed=args.seed))
+    return {"data": f"{LINES.relative_to(ROOT)} (in-sample)", "bin_width": BIN_WIDTH["lines"], "rows": rows}
+
+
+def print_table(table: dict) -> None:
+    print(f"\n{table['data']}: length histograms in bins of {table['bin_width']} characters")
+    print(f"{'family':8} {'TV':>6} {'mean gen':>9} {'mean held':>10} {'bpc':>14} {'n':>5} {'NFE':>7} {'s':>7}")
+    for r in table["rows"]:
+        bpc = f"{r['bpc']:.3f} ± {r['bpc_ci95']:.3f}"
+        print(f"{r['family']:8} {r['tv']:6.3f} {r['mean_length']:9.1f} {r['mean_held']:10.1f} {bpc:>14} "
+              f"{r['n']:5d} {r['nfe']:7d} {r['seconds']:7.1f}")
+    for r in table["rows"]:
+        for s in r["samples"]:
+            print(f"  {r['family']}: {s!r}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--n", type=int, default=512, help="samples per family (default 512)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "lengths"), help="KJV run directories' prefix "
+                   "(RUNS-mdlm, RUNS-ar; default runs/lengths)")
+    p.add_argument("--max-steps", type=int, default=1000, help="training steps of a KJV model trained here")
+    p.add_argument("--lines-only", action="store_true", help="only the lines fixture's table (seconds)")
+    p.add_argument("--lines-steps", type=int, default=400, help="training steps of the fixture's tiny models")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lines = lines_table(args)
+    result = lines if args.lines_only else dict(kjv_table(args), lines=lines)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if not args.lines_only:
+        print_table(result)
+    print_table(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
