@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a file: one per line), verses (kjv), lines or speeches (shakespeare); sets data.records")
     t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)} (D3PM and rdm-multinomial switch on "
                    "model.time_conditioning; see ddlm.families)")
-    t.add_argument("--tokenizer", choices=["char", "byte", "bpe"], help="tokenizer built from the corpus")
+    t.add_argument("--tokenizer", choices=["char", "byte", "bpe", "smiles"], help="tokenizer built from the corpus "
+                   "(smiles: one token per atom, bond, branch or ring label, for --data moses)")
     t.add_argument("--out", help="run directory (default runs/PRESET)")
     t.add_argument("--max-steps", type=_positive_int, help="optimiser steps; with --resume, extends (or "
                    "shortens) the run and saves the new total in its config.yaml. The warm-up + cosine learning-"

@@ -48,7 +48,9 @@ def prepare_records(cfg: DataConfig, block_len: int, tokenizer=None, train: bool
     train_records, val_records = split_records(records, cfg.val_fraction)
     if tokenizer is None:
         # a character vocabulary must cover validation records too; BPE learns merges from training records only
-        text = "".join(records) if cfg.tokenizer == "char" else "\n".join(train_records)
+        # (a SMILES-token vocabulary too: a rare token only in validation would be unencodable)
+        text = ("".join(records) if cfg.tokenizer == "char"
+                else "\n".join(records if cfg.tokenizer == "smiles" else train_records))
         tokenizer = build_tokenizer(cfg.tokenizer, text, cfg.vocab_size if cfg.tokenizer == "bpe" else None,
                                     specials=True)
     elif getattr(tokenizer, "eos_id", None) is None:

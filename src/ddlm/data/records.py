@@ -26,6 +26,7 @@ taught a false end), "error" refuses the data. Either way they are counted in th
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import re
@@ -70,6 +71,9 @@ register_records("kjv", "lines", _kjv_verses)  # one verse per line: the same re
 register_records("shakespeare", "lines", _shakespeare_lines)
 register_records("shakespeare", "speeches", _shakespeare_speeches)
 
+LAZY_RECORD_SOURCES = {"moses": "ddlm.tasks.molecules.data"}
+"task sources registered by their module, imported by load_records on first use (source -> module)"
+
 
 def nonblank_lines(text: str) -> list[str]:
     """The lines of `text` that are not blank (only whitespace), each as written, without its newline."""
@@ -82,6 +86,8 @@ def load_records(source: str, kind: str = "lines") -> list[str]:
 
     if kind in ("none", "", None):
         raise UserError("data.records is none (a stream); choose a record kind, e.g. data.records=lines")
+    if source not in RECORD_SOURCES and source in LAZY_RECORD_SOURCES:  # a task registers its source on import
+        importlib.import_module(LAZY_RECORD_SOURCES[source])
     if source in RECORD_SOURCES:
         kinds = RECORD_SOURCES[source]
         if kind not in kinds:

@@ -344,8 +344,9 @@ def _write(directory, data: dict) -> None:
 
 
 def _check_kind(kind) -> None:
-    if kind not in TOKENIZERS:
-        raise UserError(f"unknown tokenizer {kind!r}; valid tokenizers are: {', '.join(TOKENIZERS)}")
+    if kind not in TOKENIZERS and kind not in LAZY_TOKENIZERS:
+        valid = ", ".join([*TOKENIZERS, *LAZY_TOKENIZERS])
+        raise UserError(f"unknown tokenizer {kind!r}; valid tokenizers are: {valid}")
 
 
 def build_tokenizer(kind: str, text: str, vocab_size: int | None = None, specials: bool = False) -> Tokenizer:
@@ -353,6 +354,9 @@ def build_tokenizer(kind: str, text: str, vocab_size: int | None = None, special
     vocabularies are fixed by the text and by UTF-8), so a config may always pass it; it counts the
     real tokens, the specials (`specials=True`: <bos> <eos> <pad>, for record data) come on top."""
     _check_kind(kind)
+    if kind in LAZY_TOKENIZERS:  # a task's tokenizer (smiles): its vocabulary is the tokens of `text`
+        module, name = LAZY_TOKENIZERS[kind].split(":")
+        return getattr(importlib.import_module(module), name).from_text(text, specials)
     if kind == "char":
         return CharTokenizer.from_text(text, specials)
     if kind == "byte":

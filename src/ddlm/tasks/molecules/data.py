@@ -17,6 +17,7 @@ import importlib.util
 import random
 from pathlib import Path
 
+from ddlm.data.records import register_records
 from ddlm.errors import UserError
 
 SPLITS = ("train", "test", "test_scaffolds")
@@ -74,3 +75,19 @@ def sample_smiles(smiles: list[str], n: int, seed: int = 0) -> list[str]:
 def load_sample(split: str, n: int, seed: int = 0) -> list[str]:
     """`sample_smiles(load_smiles(split), n, seed)`: a random subset of a MOSES split."""
     return sample_smiles(load_smiles(split), n, seed)
+
+
+RECORD_KINDS = {"smiles": None, "smiles-100k": 100_000, "smiles-5k": 5_000}
+"records of the `moses` source (data.source=moses, data.records=KIND): kind -> training molecules kept (None: all)"
+RECORD_SEED = 0
+
+
+def training_records(n: int | None = None) -> list[str]:
+    """The MOSES training SMILES in a seeded random order (the file is not shuffled, and the records' split
+    into training and validation rows is interleaved); with `n`, a uniform random subset of n, in random order."""
+    train = load_smiles("train")
+    return sample_smiles(train, len(train) if n is None else n, seed=RECORD_SEED)
+
+
+for _kind, _n in RECORD_KINDS.items():
+    register_records("moses", _kind, functools.partial(training_records, _n))
