@@ -129,6 +129,8 @@ class TrainConfig:
     "write a resumable checkpoint every N steps (and at the end)"
     log_every: int = 10
     "log training metrics every N steps (0 = only at the end)"
+    tensorboard: bool = False
+    "also write loss, validation bpc and lr for TensorBoard into RUN/tensorboard (needs: pip install tensorboard)"
     seed: int = 0
     "seed for initialisation, data order and noise"
     threads: int = 0

@@ -108,6 +108,9 @@ class Trainer:
         self.device = _place(cfg.train.device, rank, world)
         # before any data preparation, so an impossible size fails at once
         check_memory(cfg, self.device, world, warn=(lambda m: print(m, file=sys.stderr)) if rank == 0 else None)
+        if cfg.train.tensorboard:  # a missing package is said before the run directory is touched
+            from .tensorboard import check_tensorboard
+            check_tensorboard()
         clear = not _resuming and check_run_dir(self.out, overwrite=overwrite)  # on every rank: all stop together
         barrier()  # every rank has looked at the run directory before rank 0 clears or writes it
         if clear and rank == 0:
@@ -256,6 +259,9 @@ class Trainer:
         objective = self.model.family.objective
         stopped = False
         logger = self._logger = CSVLog(self.out / "log.csv") if self.rank == 0 else None
+        if logger is not None and cfg.tensorboard:  # the same rows as TensorBoard scalars (train/tensorboard.py)
+            from .tensorboard import TensorBoardLog
+            logger = self._logger = TensorBoardLog(logger, self.out / "tensorboard")
         tokens = 0
         self.backbone.train()
         while self.step < cfg.max_steps:
