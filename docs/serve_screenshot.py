@@ -1,8 +1,8 @@
 """Draw docs/serve.png: `ddlm serve MODEL` in headless Chromium (Debian's chromium + chromium-driver, Selenium),
-one generation with the planned sampler, scrubbed back to a step in the middle so masks, new tokens and
+one generation (planned sampler, top_margin planner by default), scrubbed back to a step in the middle so masks, new tokens and
 confidence colours all show.
 
-    .venv/bin/python docs/serve_screenshot.py runs/demo docs/serve.png [--prompt TEXT] [--at 0.5]
+    .venv/bin/python docs/serve_screenshot.py runs/demo docs/serve.png [--prompt TEXT] [--sampler NAME] [--at 0.6]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--length", default="128")
     ap.add_argument("--steps", default="64")
     ap.add_argument("--seed", default="1")
+    ap.add_argument("--sampler", default="planned")
+    ap.add_argument("--planner", default="top_margin")
     ap.add_argument("--at", type=float, default=0.6, help="the step shown, as a fraction of the run")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -52,8 +54,9 @@ def main() -> None:
             WebDriverWait(driver, 30).until(lambda d: state(d) == "ready")
             kind = driver.execute_script("return document.getElementById('puzzle-box').hidden") and "text"
             if kind == "text":
-                Select(driver.find_element(By.ID, "sampler")).select_by_value("planned")
-                Select(driver.find_element(By.ID, "planner")).select_by_value("top_margin")
+                Select(driver.find_element(By.ID, "sampler")).select_by_value(args.sampler)
+                if args.sampler == "planned":
+                    Select(driver.find_element(By.ID, "planner")).select_by_value(args.planner)
                 for field in ("prompt", "length", "steps", "seed"):
                     box = driver.find_element(By.ID, field)
                     box.clear()

@@ -57,7 +57,8 @@ class App:
             from ..tasks.sudoku.board import EXAMPLE_CSV, format_board, load_csv
 
             puzzles, _ = load_csv(EXAMPLE_CSV, limit=1)
-            info["defaults"].update(puzzle=format_board(puzzles[0], pretty=False), planner="top_margin")
+            # steps None: one blank per step (solve_puzzles' default)
+            info["defaults"].update(puzzle=format_board(puzzles[0], pretty=False), planner="top_margin", steps=None)
             info["samplers"], info["defaults"]["sampler"] = ["planned", "remask"], "planned"
         return info
 

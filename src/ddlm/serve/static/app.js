@@ -36,7 +36,8 @@ async function loadInfo() {
   $("model-about").textContent = `${info.family} ${info.kind} model, context ${info.context} tokens`;
   option($("sampler"), info.samplers, d.sampler);
   option($("planner"), info.planners, d.planner);
-  $("steps").value = d.steps;
+  $("steps").value = d.steps === null ? "" : d.steps;
+  $("steps").placeholder = "one blank each";
   $("temperature").value = d.temperature;
   $("seed").value = d.seed;
   $("length").value = d.length;
