@@ -47,6 +47,12 @@ def test_the_trajectory_ends_in_hard_tokens_with_zero_kl_against_itself():
     assert torch.equal(kl, torch.zeros(5))  # KL(p || p) = 0 exactly
     x0.sum().backward()  # the straight-through path reaches the weights
     assert model.backbone.head.weight.grad is not None and model.backbone.head.weight.grad.abs().sum() > 0
+    with soft_inputs(model.backbone):  # truncated back-propagation: no step carries gradients
+        frozen, _ = trajectory(model.backbone, model.process, 2, L, 4, generator=torch.Generator().manual_seed(0),
+                               grad_steps=0)
+        last, _ = trajectory(model.backbone, model.process, 2, L, 4, generator=torch.Generator().manual_seed(0),
+                             grad_steps=1)
+    assert not frozen.requires_grad and last.requires_grad and torch.equal(frozen, last.detach())
 
 
 @pytest.mark.slow
