@@ -1,7 +1,6 @@
 """The reward registry (guidance/rewards.py): RDKit's numbers for valid molecules, the floor for invalid ones."""
 
 import pytest
-import torch
 
 from ddlm.errors import UserError
 from ddlm.guidance.rewards import FLOOR, LOGP_RANGE, reward_names, resolve_reward
