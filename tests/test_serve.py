@@ -162,3 +162,25 @@ def test_molecule_svg_with_rdkit():
     svg = molecule_svg("c1ccccc1O")
     assert svg is not None and svg.lstrip().startswith(("<?xml", "<svg")) and "</svg>" in svg
     assert molecule_svg("not a molecule((") is None
+
+
+def test_smiles_model_is_a_molecules_page_that_draws_with_rdkit(tiny_run):
+    pytest.importorskip("rdkit", reason="RDKit draws the molecules: pip install rdkit")
+    from ddlm.tasks.molecules.tokenizer import SmilesTokenizer
+
+    mdlm = tiny_run[1]
+    model = SequenceModel(mdlm.cfg, SmilesTokenizer.from_smiles(["CCO", "c1ccccc1O", "CC(=O)N"])).eval()
+    server, url = _start(model)
+    try:
+        with urllib.request.urlopen(url + "/api/info", timeout=10) as r:
+            assert json.loads(r.read())["kind"] == "molecules"
+        msgs = _lines(url, {"length": 8, "steps": 4, "seed": 1})
+        assert msgs[-1]["texts"] == model.generate(n=1, length=8, steps=4, seed=1).texts
+        with urllib.request.urlopen(url + "/api/molecule.svg?smiles=CC(%3DO)N", timeout=10) as r:
+            assert r.headers["Content-Type"] == "image/svg+xml" and b"</svg>" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as e:  # not a molecule: no drawing, the page shows none
+            urllib.request.urlopen(url + "/api/molecule.svg?smiles=C(((", timeout=10)
+        assert e.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
