@@ -149,9 +149,12 @@ def test_sudoku_model_streams_the_board_of_evaluate_sudoku():
         assert "".join(msgs[-1]["rows"][0]["tokens"]) == format_board(board, pretty=False)
         assert len(msgs) == PUZZLE.count("0") + 1  # one blank per step, then the final board
         assert all(sum(m["rows"][0]["new"]) == 1 for m in msgs[:-1])
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(_post(url, {"puzzle": "12"}), timeout=10)
-        assert e.value.code == 400 and "81" in json.loads(e.value.read())["error"]
+        for body, message in (({"puzzle": "12"}, "81"), ({"puzzle": PUZZLE, "planner": "zz"}, "unknown planner"),
+                              ({"puzzle": PUZZLE, "seed": -1}, "seed"), ({"puzzle": PUZZLE, "sampler": "ancestral"},
+                                                                         "planned or remask")):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(_post(url, body), timeout=10)
+            assert e.value.code == 400 and message in json.loads(e.value.read())["error"]
     finally:
         server.shutdown()
         server.server_close()

@@ -87,6 +87,7 @@ class App:
     def _sudoku(self, params: dict):
         from ..tasks.sudoku.board import parse_board
         from ..tasks.sudoku.stream import stream_solve
+        from ..tasks.sudoku.solve import _planner
 
         p = _params(params, {"puzzle": str, "steps": int, "sampler": str, "planner": str, "seed": int,
                              "temperature": float, "n": int, "length": int, "prompt": str})
@@ -96,6 +97,11 @@ class App:
         if sampler not in ("planned", "remask"):
             raise UserError(f"a Sudoku model solves with sampler planned or remask, not {sampler!r}")
         puzzle = parse_board(p.get("puzzle", ""))
+        _planner(p.get("planner", "top_margin"), None)  # checked here: a 400, not a broken stream
+        if not 0 <= p.get("seed", 0) < 2**63:
+            raise UserError(f"seed must be a whole number in 0..2^63 - 1, got {p['seed']}")
+        if not 0 <= p.get("temperature", 0.0) <= 100:
+            raise UserError(f"temperature must be in [0, 100], got {p['temperature']}")
         stream = stream_solve(self.model, puzzle, planner=p.get("planner", "top_margin"), steps=p.get("steps"),
                               seed=p.get("seed", 0), temperature=p.get("temperature", 0.0), sampler=sampler,
                               remask={} if sampler == "remask" else None)
