@@ -206,3 +206,26 @@ def test_unknown_length_needs_eos_and_ar_cannot_infill():
     assert len(stream.generate(n=2, infill="a[MASK:3]b", seed=0).texts[0]) == 5  # a known length needs no <eos>
     with pytest.raises(UserError, match="autoregressive"):
         toy_model(record_toy(), "ar").generate(infill="a[MASK]")
+
+
+@pytest.mark.parametrize("family,sampler", [("d3pm-absorbing", None), ("d3pm-uniform", None),
+                                            ("rdm-absorbing", "routing"), ("mdlm", "remask"), ("mdlm", "cached")])
+@pytest.mark.parametrize("max_length", [16, 40])  # one window; sliding blocks
+def test_every_family_returns_text_then_one_end_then_padding(family, sampler, max_length):
+    """Untrained models put <eos>, <pad> and <bos> anywhere: whatever they draw, a returned row is text, one
+    end token, <pad> after it, and its length counts the text tokens (what `texts` decode)."""
+    from ddlm.families import configure
+
+    ov = [f"process.name={family}", "model.max_len=16", "process.steps=20"]
+    model = SequenceModel(configure(apply_overrides(load_preset("tiny"), ov), ov), CharTokenizer("ab", specials=True))
+    out = model.generate(n=16, max_length=max_length, seed=0, sampler=sampler, steps=16)
+    tok = model.tokenizer
+    assert out.tokens.shape == (16, max_length)
+    x, pos = out.tokens, torch.arange(max_length)[None]
+    ends = (x == tok.eos_id) | (x == tok.pad_id)
+    end = torch.where(ends.any(-1), ends.int().argmax(-1), max_length)[:, None]  # (16, 1) first end token
+    assert ((x == tok.pad_id) | (pos <= end)).all()  # nothing but <pad> after the end
+    assert ((x == tok.eos_id).sum(-1) <= 1).all()
+    assert torch.equal(out.lengths, ((x < tok.n_real) & (pos < end)).sum(-1))  # text tokens (a stray <bos>: none)
+    assert [len(t) for t in out.texts] == out.lengths.tolist()
+    assert (out.lengths < max_length).any()  # some rows really ended early
