@@ -121,3 +121,13 @@ def test_cli_sample_cond_guidance_and_reward(tmp_path, capsys, monkeypatch):
     assert "guidance needs a class label" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "m"), "--n", "2", "--reward", "myreward:nothing", "--smc", "2"]) == 2
     assert "cannot load the reward 'myreward:nothing'" in capsys.readouterr().err
+
+
+def test_rewards_see_a_record_up_to_its_first_eos():
+    from ddlm.guidance.steer import texts_of
+
+    tok = build_tokenizer("char", "abc", specials=True)
+    model = SequenceModel(RunConfig(model=ModelConfig(n_layers=1, d_model=16, n_heads=2, max_len=6)), tok)
+    a, b = tok.encode("a")[0], tok.encode("b")[0]
+    rows = torch.tensor([[a, b, tok.eos_id, a, a, tok.pad_id], [b, b, b, b, b, b]])
+    assert texts_of(model, rows) == ["ab", "bbbbbb"]

@@ -119,7 +119,20 @@ class Steering:
 
     def _on_tokens(self, tokens: torch.Tensor):
         """The reward of token rows (N, L), through their decoded texts."""
-        return self.reward([self.model.decode(row) for row in tokens.cpu()])
+        return self.reward(texts_of(self.model, tokens))
 
 
-__all__ = ["Steering", "NULL_LABEL"]
+def texts_of(model, tokens: torch.Tensor) -> list[str]:
+    """Decoded rows (N, L); a record (a tokenizer with <eos>) ends at its first <eos>: what follows is not
+    part of it."""
+    eos = getattr(model.tokenizer, "eos_id", None)
+    texts = []
+    for row in tokens.cpu():
+        if eos is not None:
+            ends = (row == eos).nonzero()
+            row = row[: int(ends[0])] if len(ends) else row
+        texts.append(model.decode(row))
+    return texts
+
+
+__all__ = ["Steering", "NULL_LABEL", "texts_of"]
