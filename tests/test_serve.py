@@ -187,3 +187,30 @@ def test_smiles_model_is_a_molecules_page_that_draws_with_rdkit(tiny_run):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow  # a `python -m ddlm serve` process: ~10 s on 2 busy cores
+def test_cli_serves_until_ctrl_c_and_refuses_a_busy_port(tiny_run):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from cli_harness import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        status, _, err = run_cli(["serve", str(tiny_run[0]), "--port", str(taken.getsockname()[1])])
+    assert status == 2 and "cannot listen" in err and len(err.strip().splitlines()) == 1
+    proc = subprocess.Popen([sys.executable, "-m", "ddlm", "serve", str(tiny_run[0]), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stderr.readline()  # "ddlm serve: text model DIR on http://127.0.0.1:PORT/ (Ctrl-C stops)"
+        address = line.split(" on ")[1].split()[0]
+        with urllib.request.urlopen(address + "api/info", timeout=30) as r:
+            assert json.loads(r.read())["kind"] == "text"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
