@@ -217,7 +217,8 @@ def main(argv=None) -> int:
                    "the steps and minutes each needs to reach 50%%, 70%% and its final value, and a PNG")
     p.add_argument("--runs", nargs="+", default=["runs/curve-uniform", "runs/curve-puma"], metavar="RUN",
                    help="--curve: run directories, one per arm (default runs/curve-uniform runs/curve-puma)")
-    p.add_argument("--every", type=int, default=1, help="--curve: evaluate every N-th kept checkpoint (and the last)")
+    p.add_argument("--every", type=int, default=1, help="--curve: evaluate the kept checkpoints at multiples of N "
+                   "steps and the run's last (default 1: all)")
     p.add_argument("--targets", default="0.5,0.7", help="--curve: solve rates whose first step and minute the table "
                    "gives (comma-separated fractions, default 0.5,0.7)")
     args = p.parse_args(argv)

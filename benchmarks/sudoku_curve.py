@@ -119,7 +119,7 @@ def evaluate_snapshot(path: Path, run: Path, puzzles, solutions, batch_size: int
 
 def curve_points(run: Path, data: Path, limit: int | None, every: int = 1, batch_size: int = 200,
                  progress: bool = True) -> list[dict]:
-    """Points of one arm: every `every`-th kept snapshot (and always the last), evaluated on the first `limit`
+    """Points of one arm: the kept snapshots at multiples of `every` steps and at the run's last step, evaluated on the first `limit`
     puzzles of `data`; each result is cached in RUN/snapshots/curve.json (keyed by snapshot, set and limit), so
     a second call, or one made while the run still trains, evaluates only the new snapshots."""
     import json
@@ -129,8 +129,10 @@ def curve_points(run: Path, data: Path, limit: int | None, every: int = 1, batch
     cache_path = run / "snapshots" / "curve.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     puzzles, solutions = load_csv(data, limit=limit)
-    snaps = snapshots(run)
-    chosen = [s for i, s in enumerate(snaps) if (i + 1) % every == 0 or i == len(snaps) - 1]
+    import yaml
+
+    final = yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"]
+    chosen = [(step, p) for step, p in snapshots(run) if step % every == 0 or step == final]
     points = []
     for step, path in chosen:
         key = f"{path.name}|{data.name}|{len(puzzles)}"
