@@ -1,5 +1,5 @@
 """Draw docs/serve.png: `ddlm serve MODEL` in headless Chromium (Debian's chromium + chromium-driver, Selenium),
-one generation (planned sampler, top_margin planner by default), scrubbed back to a step in the middle so masks, new tokens and
+one generation (ancestral sampler by default; --sampler planned --planner NAME for a decoding order), scrubbed back to a step in the middle so masks, new tokens and
 confidence colours all show.
 
     .venv/bin/python docs/serve_screenshot.py runs/demo docs/serve.png [--prompt TEXT] [--sampler NAME] [--at 0.6]
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--length", default="128")
     ap.add_argument("--steps", default="64")
     ap.add_argument("--seed", default="1")
-    ap.add_argument("--sampler", default="planned")
+    ap.add_argument("--sampler", default="ancestral")
     ap.add_argument("--planner", default="top_margin")
     ap.add_argument("--at", type=float, default=0.6, help="the step shown, as a fraction of the run")
     args = ap.parse_args()
