@@ -49,8 +49,9 @@ def eval_molecules(model, args) -> int:
     n = args.samples or EVAL_SAMPLES
     length = model.cfg.model.max_len
     start = time.perf_counter()
-    out = model.generate(n, length=length, steps=args.steps, sampler=args.sampler, planner=args.planner,
-                         seed=args.seed, batch_size=args.batch_size, decode=False,
+    # max_length: each row stops at its first <eos> (AR rows stop early, saving network calls)
+    out = model.generate(n, steps=args.steps, sampler=args.sampler, planner=args.planner,
+                         seed=args.seed, batch_size=args.batch_size, decode=False, max_length=length,
                          progress=not args.json and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     smiles = rows_to_smiles(tok, out.tokens)

@@ -66,8 +66,13 @@ class SmilesTokenizer(SpecialTokens):
 
     @classmethod
     def from_text(cls, text: str, specials: bool = False) -> "SmilesTokenizer":
-        """The vocabulary of every token in `text` (a corpus, records separated by newlines)."""
-        return cls(set(smiles_tokens(text)), specials)
+        """The vocabulary of every token in `text` (a corpus, records separated by newlines). With specials
+        (records, each ended by <eos>) the newline only separates records and is not a token: a model that
+        could sample it would write two molecules on two lines for one sample."""
+        tokens = set(smiles_tokens(text))
+        if specials:
+            tokens.discard("\n")
+        return cls(tokens, specials)
 
     @classmethod
     def from_smiles(cls, smiles: Iterable[str], specials: bool = False) -> "SmilesTokenizer":
