@@ -2,8 +2,8 @@
 
     python benchmarks/molecules.py [--run LABEL=DIR ...] [--n 1000] [--seed 0] [--no-fcd] [--json]
 
-Each run (default: runs/molecules-mdlm, runs/molecules-ar, runs/molecules-mdlm-char where they exist, trained
-with `ddlm train --preset molecules [--process ar] [--tokenizer char]`) samples --n molecules with --seed and
+Each run (default: runs/molecules-{mdlm,ar,mdlm-char,mdlm-selfies} where they exist, trained with `ddlm train
+--preset molecules [--process ar | --tokenizer char | --records selfies-100k]`) samples --n molecules with --seed and
 is scored by `ddlm.tasks.molecules.score` against the same references: novelty against the 1.58M MOSES training
 SMILES, FCD against 5,000 random MOSES test molecules (seed 0). Two reference rows frame them:
 
@@ -33,7 +33,8 @@ import torch
 CHARRNN = {"label": "charrnn-paper", "family": "ar (LSTM)", "tokenizer": "char", "validity": 0.975,
            "unique@1000": 1.0, "unique@10000": 0.999, "unique@10000_on": 10000, "novelty": 0.842, "int_div": 0.856,
            "fcd": 0.073, "source": "MOSES paper, Table 2 (Polykovskiy et al. 2020)"}
-DEFAULT_RUNS = ("mdlm=runs/molecules-mdlm", "ar=runs/molecules-ar", "mdlm-char=runs/molecules-mdlm-char")
+DEFAULT_RUNS = ("mdlm=runs/molecules-mdlm", "ar=runs/molecules-ar", "mdlm-char=runs/molecules-mdlm-char",
+                "mdlm-selfies=runs/molecules-mdlm-selfies")
 COLUMNS = (("validity", "valid"), ("unique@1000", "uniq@1k"), ("unique@10000", "uniq@10k"), ("novelty", "novel"),
            ("int_div", "IntDiv"), ("fcd", "FCD/Test"), ("qed_mean", "QED"), ("sa_mean", "SA"))
 
@@ -53,14 +54,16 @@ def _runs(given: list[str] | None) -> list[tuple[str, Path]]:
 
 def measure_run(label: str, path: Path, n: int, seed: int, refs, fcd: bool, batch_size: int) -> dict:
     from ddlm.pipeline import SequenceModel
-    from ddlm.tasks.molecules.score import rows_to_smiles, score_smiles
+    from ddlm.tasks.molecules.data import is_selfies
+    from ddlm.tasks.molecules.score import sampled_smiles, score_smiles
 
     model = SequenceModel.from_pretrained(path, map_location="cpu")
     start = time.perf_counter()
     out = model.generate(n, seed=seed, batch_size=batch_size, decode=False, max_length=model.cfg.model.max_len)
     seconds = time.perf_counter() - start
-    m = score_smiles(rows_to_smiles(model.tokenizer, out.tokens), fcd=fcd, refs=refs)
-    m.update(label=label, run=str(path), family=model.family.name, tokenizer=model.tokenizer.kind,
+    m = score_smiles(sampled_smiles(model, out.tokens), fcd=fcd, refs=refs)
+    tokenizer = "selfies" if is_selfies(model.cfg.data) else model.tokenizer.kind
+    m.update(label=label, run=str(path), family=model.family.name, tokenizer=tokenizer,
              nfe=out.nfe, nfe_per_sample=out.nfe / math.ceil(n / batch_size), seconds_per_molecule=seconds / n, steps=model.cfg.sample.steps,
              train_steps=model.cfg.train.max_steps)
     return m

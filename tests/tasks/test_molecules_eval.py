@@ -176,3 +176,26 @@ def test_eval_refuses_a_stream_model(tmp_path, capsys):
     assert main(["eval", str(run), "--task", "molecules", "--samples", "2", "--no-fcd"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--preset molecules" in err
+
+
+@needs_rdkit
+def test_selfies_records_decode_to_the_same_molecules(monkeypatch):
+    pytest.importorskip("selfies", reason="pip install 'ddlm[molecules]'")
+    from types import SimpleNamespace
+
+    from ddlm.tasks.molecules.metrics import canonical
+
+    smiles = ["CCOc1cccc(C(=O)Nc2ccn(Cc3ccccn3)n2)c1", "OCc1cc(-c2ccc(N3CCCC3)nn2)ccc1F", "Clc1ccc[nH]1"]
+    monkeypatch.setattr(data, "training_records", lambda n=None: list(smiles))
+    records = data.selfies_records(3)
+    assert all(r.startswith("[") and r.endswith("]") for r in records)
+    back = data.to_smiles(records + ["", "[C]_[O]"])  # an empty row and an undecoded [MASK] ("_") give ""
+    assert [canonical(s) for s in back[:3]] == [canonical(s) for s in smiles] and back[3:] == ["", ""]
+    # a model trained on SELFIES records has its samples decoded; one trained on SMILES has them as written
+    tok = SmilesTokenizer.from_smiles(records, specials=True)
+    rows = torch.tensor([tok.encode(records[2]) + [tok.eos_id]])
+    model = SimpleNamespace(tokenizer=tok, cfg=SimpleNamespace(data=SimpleNamespace(source="moses",
+                                                                                     records="selfies-100k")))
+    assert canonical(score.sampled_smiles(model, rows)[0]) == canonical("Clc1ccc[nH]1")
+    model.cfg.data.records = "smiles-100k"
+    assert score.sampled_smiles(model, rows) == [records[2]]

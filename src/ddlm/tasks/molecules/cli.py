@@ -40,7 +40,7 @@ def cmd_score(args) -> int:
 
 def eval_molecules(model, args) -> int:
     """`ddlm eval DIR --task molecules`: sample --samples molecules (default EVAL_SAMPLES) and score them."""
-    from .score import rows_to_smiles, score_smiles
+    from .score import sampled_smiles, score_smiles
 
     tok = model.tokenizer
     if getattr(tok, "eos_id", None) is None:
@@ -54,7 +54,7 @@ def eval_molecules(model, args) -> int:
                          seed=args.seed, batch_size=args.batch_size, decode=False, max_length=length,
                          progress=not args.json and sys.stderr.isatty())
     seconds = time.perf_counter() - start
-    smiles = rows_to_smiles(tok, out.tokens)
+    smiles = sampled_smiles(model, out.tokens)
     if args.smiles_out:
         with open(args.smiles_out, "w", encoding="utf-8") as f:
             f.writelines(s + "\n" for s in smiles)

@@ -89,5 +89,44 @@ def training_records(n: int | None = None) -> list[str]:
     return sample_smiles(train, len(train) if n is None else n, seed=RECORD_SEED)
 
 
+def selfies_records(n: int | None = None) -> list[str]:
+    """`training_records(n)` written as SELFIES (Krenn et al. 2020; PyPI `selfies`): every token string decodes
+    to a valid molecule. A molecule SELFIES cannot encode is left out. ~4 ms a molecule on a busy CPU."""
+    try:
+        import selfies
+    except ImportError:
+        raise UserError("SELFIES records need the package 'selfies'; install it with "
+                        "`pip install 'ddlm[molecules]'`") from None
+    out = []
+    for s in training_records(n):
+        try:
+            encoded = selfies.encoder(s)
+        except selfies.EncoderError:
+            continue
+        if encoded:
+            out.append(encoded)
+    return out
+
+
+def is_selfies(data_cfg) -> bool:
+    """Whether a model was trained on SELFIES records (its samples decode to SMILES through `to_smiles`)."""
+    return data_cfg.source == "moses" and str(data_cfg.records).startswith("selfies")
+
+
+def to_smiles(selfies_strings: list[str]) -> list[str]:
+    """SMILES of SELFIES strings ("" for one that does not decode, e.g. an undecoded [MASK] placeholder)."""
+    import selfies
+
+    out = []
+    for s in selfies_strings:
+        try:
+            out.append(selfies.decoder(s) or "")
+        except selfies.DecoderError:
+            out.append("")
+    return out
+
+
 for _kind, _n in RECORD_KINDS.items():
     register_records("moses", _kind, functools.partial(training_records, _n))
+register_records("moses", "selfies-100k", functools.partial(selfies_records, 100_000))
+register_records("moses", "selfies-5k", functools.partial(selfies_records, 5_000))

@@ -57,6 +57,15 @@ def rows_to_smiles(tokenizer, tokens) -> list[str]:
     return out
 
 
+def sampled_smiles(model, tokens) -> list[str]:
+    """The SMILES of a model's sampled rows (B, L): `rows_to_smiles`, then decoded from SELFIES when the model
+    was trained on SELFIES records (data.records=selfies-*)."""
+    from .data import is_selfies, to_smiles
+
+    strings = rows_to_smiles(model.tokenizer, tokens)
+    return to_smiles(strings) if is_selfies(model.cfg.data) else strings
+
+
 def references(fcd: bool = True, seed: int = 0, n_ref: int = FCD_REF) -> tuple[set, list | None]:
     """(training SMILES as a set, `n_ref` random test SMILES or None when fcd=False).
 
