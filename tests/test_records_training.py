@@ -158,3 +158,25 @@ def test_bad_records_input_is_one_line(tmp_path, argv, message):
                                     *argv])
     assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("ddlm train: error: ")
     assert message in stderr
+
+
+def test_only_a_skip_model_pays_for_its_length_in_the_bound():
+    from ddlm.data.record_data import prepare_record_data
+    from ddlm.eval.records import evaluate_records, length_nats_for
+
+    models = {}
+    variants = (("learn", []), ("skip", ["data.padding=skip"]), ("ar", ["process.name=ar", "data.padding=skip"]))
+    for name, extra in variants:
+        cfg = tiny(f"data.source={FIXTURE}", "data.records=lines", *extra)
+        tok, (train_tokens, train_mask), _, _ = prepare_record_data(cfg)
+        models[name] = SequenceModel(cfg, tok).eval()
+    assert length_nats_for(models["learn"]) is None and length_nats_for(models["ar"]) is None
+    prior = length_nats_for(models["skip"])  # the 45 training lines that fit: their lengths with <eos>
+    torch.testing.assert_close(prior, length_prior(train_mask.sum(-1), 32))
+    _, _, val = _source("data.padding=skip")
+    real = val.mask
+    given = evaluate_records(models["skip"], val, real, t_samples=2)
+    paid = evaluate_records(models["skip"], val, real, t_samples=2, length_nats=prior)
+    n = int(real.sum()) - 1  # the one held-out line that fits: 19 characters and its <eos>
+    assert given["length_bpc"] == 0 and paid["length_bpc"] == pytest.approx(float(prior[n + 1]) / math.log(2) / 19)
+    assert paid["bpc"] == pytest.approx(given["bpc"] + paid["length_bpc"])

@@ -56,17 +56,14 @@ def cmd_eval(args) -> int:
 
 def _eval_records(model, args) -> int:
     """A records model: the bound per record in bits per real character (eval/records.py)."""
-    from .data.record_data import learns_padding, record_validation, training_lengths
+    from .data.record_data import record_validation
     from .data.records import describe_report
-    from .eval.records import describe, evaluate_records, length_prior
+    from .eval.records import describe, evaluate_records, length_nats_for
 
     cfg = model.cfg
     val, real, report = record_validation(cfg, model.tokenizer, args.data or None)
-    prior = None
-    if not model.family.causal and not learns_padding(cfg, model.tokenizer.vocab_size):  # told the length
-        prior = length_prior(training_lengths(cfg, model.tokenizer), cfg.model.max_len)
     m = evaluate_records(model, val, real, batch_size=args.batch_size, t_samples=args.t_samples, seed=args.seed,
-                         max_blocks=args.max_blocks, length_nats=prior,
+                         max_blocks=args.max_blocks, length_nats=length_nats_for(model),
                          progress=not args.json and sys.stderr.isatty())
     kind = cfg.data.records if not args.data or args.data == cfg.data.source else "lines"
     m.update(family=model.family.name, data=args.data or cfg.data.source, records_kind=kind, report=report)

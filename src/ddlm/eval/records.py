@@ -33,6 +33,17 @@ def length_prior(train_lengths: torch.Tensor, block_len: int) -> torch.Tensor:
     return -torch.log(p)
 
 
+def length_nats_for(model) -> torch.Tensor | None:
+    """The length prior (L + 1,) a model needs for a bound on -log p(record): a non-causal data.padding=skip
+    model's (from its training records' lengths), None for the others (their bound already pays the length)."""
+    from ..data.record_data import learns_padding, training_lengths
+
+    cfg, tok = model.cfg, model.tokenizer
+    if model.family.causal or learns_padding(cfg, tok.vocab_size):
+        return None
+    return length_prior(training_lengths(cfg, tok), cfg.model.max_len)
+
+
 @torch.no_grad()
 def evaluate_records(model, data, real_mask: torch.Tensor, *, batch_size: int = 32, t_samples: int = 4,
                      seed: int = 0, max_blocks: int | None = None, length_nats: torch.Tensor | None = None,
