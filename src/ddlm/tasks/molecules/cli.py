@@ -40,13 +40,17 @@ def cmd_score(args) -> int:
 
 def eval_molecules(model, args) -> int:
     """`ddlm eval DIR --task molecules`: sample --samples molecules (default EVAL_SAMPLES) and score them."""
-    from .score import sampled_smiles, score_smiles
+    from .metrics import _rdkit, fcd_available
+    from .score import references, sampled_smiles, score_smiles
 
     tok = model.tokenizer
     if getattr(tok, "eos_id", None) is None:
         raise UserError(f"{args.model} was trained on a stream, not on records (its tokenizer has no <eos>); "
                         "train it with `ddlm train --preset molecules`")
     n = args.samples or EVAL_SAMPLES
+    _rdkit()  # RDKit and the MOSES references before sampling: a missing package fails at once, in one line
+    fcd = not args.no_fcd and fcd_available()
+    refs = references(fcd=fcd)  # the same reference (seed 0) whatever the sampling seed
     length = model.cfg.model.max_len
     start = time.perf_counter()
     # max_length: each row stops at its first <eos> (AR rows stop early, saving network calls)
@@ -58,7 +62,7 @@ def eval_molecules(model, args) -> int:
     if args.smiles_out:
         with open(args.smiles_out, "w", encoding="utf-8") as f:
             f.writelines(s + "\n" for s in smiles)
-    m = score_smiles(smiles, fcd=not args.no_fcd, seed=args.seed)
+    m = score_smiles(smiles, fcd=not args.no_fcd, refs=refs)
     m.update(family=model.family.name, nfe=out.nfe, seconds_sampling=seconds, seed=out.seed,
              length=length, steps=args.steps or getattr(model.cfg.sample, "steps", None))
     _print(m, f"{model.family.name} samples ({out.nfe} NFE, {seconds:.1f} s)", args.json)
