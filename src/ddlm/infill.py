@@ -7,16 +7,22 @@ Syntax (one text, `ddlm sample DIR --infill TEXT`):
     [MASK:k]    a span of exactly k tokens (any number of them)
 
 An unknown length needs a model trained on records (its tokenizer has <eos>): the text is laid out as a
-record row of the context length, text <eos> <pad> .., so that every candidate is a whole record of the
-same row length and their bounds compare. For each length k in the range, each of the n samples draws a
-fill (one infill run, the text and the row's end fixed, the k span positions free); each candidate is then
-scored by the model's bound on -log p of the whole row (the family's `objective.bound`, averaged over
-BOUND_DRAWS draws of the noise, the same draws for every candidate of a sample: common random numbers), and
-the sample keeps its candidate with the smallest bound, i.e. the most likely under the model. An AR model
-would score exactly but cannot fill a span before a fixed suffix, so infilling is for the diffusion families.
+record row of the context length, text <eos> <pad> .., so that every length gives a whole record of the
+same row length and their bounds compare. The length is chosen by one of SCORES:
 
-Cost: K = hi - lo + 1 infill runs plus K * BOUND_DRAWS bound evaluations, against one infill run for a
-known length; `out.nfe` and `out.seconds` count both (README: "Generation that stops").
+    marginal  (MDLM, the default there) the bound on -log p(the given text around a span of length k), the
+              span's tokens summed out: MDLM's NELBO over the given positions with the span masked at every
+              t (a masked model is an any-order autoregressive model; this is its bound with the span decoded
+              last). The smallest bound's length is kept and the n samples are filled at that length.
+              Cost: one bound call per length (BOUND_DRAWS rows each) plus one infill run.
+    fill      (D3PM, RDM) each of the n samples draws a fill at every length, each filled row is scored by
+              the family's `objective.bound` (BOUND_DRAWS draws, the same for every candidate of a sample:
+              common random numbers) and the sample keeps its most likely filled text. This favours short
+              spans: one fill of a long span is less likely than one of a short span even where long spans
+              are likelier in total. Cost: K = hi - lo + 1 infill runs plus K * BOUND_DRAWS bound calls.
+
+An AR model would score exactly but cannot fill a span before a fixed suffix, so infilling is for the
+diffusion families. `out.nfe` and `out.seconds` count the scoring too (README: "Generation that stops").
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from .sampling.stops import cut_at_end
 SPAN = re.compile(r"\[MASK(?::([^\]]*))?\]")
 DEFAULT_SPAN_LENGTHS = (1, 32)
 BOUND_DRAWS = 8  # noise draws per candidate's bound: enough to tell lengths apart, 8 network calls each
+SCORES = ("marginal", "fill")
+"""how a length is chosen: marginal = the bound of the text around the span, the span summed out (MDLM); fill =
+fill every length and keep each sample's most likely filled text (any diffusion family)"""
 
 
 def parse_span_lengths(spec) -> tuple[int, int]:
@@ -98,9 +107,11 @@ def layout(segments: list, k: int | None, row_length: int | None, eos: int | Non
 
 
 def generate_infill(model, template: str, span_lengths=None, *, n: int = 1, seed=None, decode: bool = True,
-                    length=None, prompt=None, fixed=None, max_length=None, **options) -> SampleOutput:
+                    length=None, prompt=None, fixed=None, max_length=None, score: str | None = None,
+                    **options) -> SampleOutput:
     """SequenceModel.generate(infill=...): n filled texts (see the module docstring). `out.span_lengths` (n,)
-    holds the length each sample's unknown span took (None without one)."""
+    holds the length each sample's unknown span took (None without one). score: "marginal" (MDLM's default)
+    or "fill" (the others'; see SCORES)."""
     from .pipeline import draw_seed
 
     if length is not None or prompt or fixed is not None or max_length is not None:
@@ -122,15 +133,24 @@ def generate_infill(model, template: str, span_lengths=None, *, n: int = 1, seed
     ks = list(range(lo, min(hi, context - given) + 1)) if unknown else [None]
     row_length = context if records else None
     seed = draw_seed() if seed is None else seed
+    score = score or ("marginal" if hasattr(model.family.objective, "scored") else "fill")
+    if score not in SCORES:
+        raise ValueError(f"unknown infill score {score!r}; one of {', '.join(SCORES)}")
     start = time.perf_counter()
     candidates, nfe, row_evals = [], 0, 0
+    if len(ks) > 1 and score == "marginal":  # the most likely length first, then n fills of that length
+        layouts = [layout(segments, k, row_length, tok.eos_id, tok.pad_id) for k in ks]
+        scores = marginal_scores(model, torch.stack([f for f, _ in layouts]), ~torch.stack([m for _, m in layouts]),
+                                 seed)
+        best = int(scores.argmin())
+        ks, nfe, row_evals = [ks[best]], len(layouts), len(layouts) * BOUND_DRAWS
     for j, k in enumerate(ks):
         f, m = layout(segments, k, row_length, tok.eos_id, tok.pad_id)
         out = _fill(model, n, f, m, (seed + j) % 2**63, **options)
         candidates.append(out.tokens)
         nfe, row_evals = nfe + out.nfe, row_evals + out.row_evals
     tokens = torch.stack(candidates)  # (K, n, L)
-    chosen = torch.zeros(n, dtype=torch.long)
+    chosen = torch.zeros(n, dtype=torch.long)  # (n,) index into ks per sample
     if len(ks) > 1:
         scores, calls = bound_scores(model, tokens, seed, options.get("batch_size") or 64)
         chosen = scores.argmin(0)  # (n,) the most likely length's index per sample
@@ -190,6 +210,40 @@ def bound_scores(model, tokens: torch.Tensor, seed: int, batch_size: int) -> tup
     finally:
         model.backbone.train(was_training)
     return total / BOUND_DRAWS, calls
+
+
+@torch.no_grad()
+def marginal_scores(model, rows: torch.Tensor, span: torch.Tensor, seed: int) -> torch.Tensor:
+    """A bound (K,) in nats on -log p(the given tokens of row k, its span left unknown) for K layouts rows
+    (K, L) whose span positions span (K, L) are free: MDLM's NELBO over the given positions only, with the
+    span masked at every t. A masked diffusion model is an any-order autoregressive model, and this is its
+    bound with the span decoded last, i.e. summed out: the likelihood of the text around a span of that
+    length, whatever fills it. BOUND_DRAWS draws of (t, mask) per layout, the same for every layout."""
+    from .data.batches import Batch
+
+    objective, backbone = model.family.objective, model.backbone
+    was_training = backbone.training
+    backbone.eval()
+    learn = _learns_padding(model)
+    mask_id = objective.process.mask_id
+    g = torch.Generator(device=model.device)
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    try:
+        for k in range(len(rows)):
+            g.manual_seed(seed % 2**63)  # common random numbers: every layout sees the same t and noise
+            x0 = rows[k].to(model.device).expand(BOUND_DRAWS, -1)  # (D, L)
+            free = span[k].to(model.device).expand(BOUND_DRAWS, -1)
+            t = objective.sample_t(BOUND_DRAWS, g, model.device)  # (D,) stratified where the model's is
+            xt = torch.where(free, mask_id, objective.process.sample_xt(x0, t, g))
+            # the row as trained (learn: every position; skip: the record and <eos>, the span's placeholders
+            # included, so that attention sees the span as it would see masked text), the span never scored
+            b = Batch(x0) if learn else Batch(x0, mask=x0 != model.tokenizer.pad_id)
+            nll, _, _ = objective.scored(backbone, b, xt, t)  # (D, L) at the masked counted positions
+            nll = torch.where(free, torch.zeros_like(nll), nll)
+            out[k] = (objective.weight(t) * nll.sum(-1)).double().mean().cpu()
+    finally:
+        backbone.train(was_training)
+    return out
 
 
 def _learns_padding(model) -> bool:

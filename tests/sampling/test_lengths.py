@@ -171,19 +171,40 @@ def test_infill_finds_the_only_length_with_mass():
     seen = torch.bincount(out.tokens[:, 1] * 2 + out.tokens[:, 2], minlength=4).double()[codes]
     expected = p * 200
     assert (((seen - expected) ** 2) / expected).sum() < 16.27  # chi-square, 3 dof, upper 0.1%
-    # cost: 3 infill runs and 3 x BOUND_DRAWS bound calls
+    # cost: one bound call per length (its BOUND_DRAWS rows in one batch), then one infill run of 2 steps
     fixed = model.generate(infill="a[MASK:2]b", **kw)
-    from ddlm.infill import BOUND_DRAWS
     assert fixed.span_lengths is None and fixed.nfe == 2
-    assert out.nfe == 1 + 2 + 3 + 3 * BOUND_DRAWS  # a span of k tokens takes k steps, one at a time
+    assert out.nfe == 3 + 2
 
 
-def test_infill_prefers_the_more_likely_length():
-    """Lengths 2 and 3 both possible after 'a': the chosen span length follows the bound, and with the exact
-    denoiser a span of an impossible length (4: a record of 5 > the toy's longest) is never kept."""
+def test_infill_by_filling_every_length_also_finds_it():
+    """score="fill" (the D3PM/RDM way): every length filled, each sample keeps its most likely filled text."""
+    from ddlm.infill import BOUND_DRAWS, generate_infill
+
+    toy = record_toy({4: 1.0}, length=6)
+    out = generate_infill(toy_model(toy), "a[MASK]b", "1:3", n=50, seed=0, sampler="planned", planner="random",
+                          batch_size=50, score="fill")
+    assert out.span_lengths.tolist() == [2] * 50
+    _check_rows(toy, out.tokens, out.lengths)
+    assert out.nfe == 1 + 2 + 3 + 3 * BOUND_DRAWS  # a span of k tokens takes k steps; a bound call per draw
+
+
+def test_infill_keeps_the_most_likely_length_whatever_its_fills():
+    """Records after 'a': length 2 (p 0.1, 2 fills) or 3 (p 0.9, 4 fills). The marginal score keeps span
+    length 2 (record length 3) for every sample, though each of its fills may be less likely than the best
+    1-token fill; its bound is the toy's -log p(x_0 = a, length 3) (exact denoiser: the NELBO's mean)."""
+    from ddlm.infill import layout, marginal_scores, parse_template
+
     toy = record_toy({2: 0.1, 3: 0.9}, length=6)
-    out = toy_model(toy).generate(n=100, infill="a[MASK]", span_lengths="1:4", seed=0)
-    assert set(out.span_lengths.tolist()) <= {1, 2} and (out.span_lengths == 2).sum() > 50
+    model = toy_model(toy)
+    out = model.generate(n=100, infill="a[MASK]", span_lengths="1:4", seed=0)
+    assert out.span_lengths.tolist() == [2] * 100
+    segs = parse_template(model, "a[MASK]")
+    rows = [layout(segs, k, 6, toy.eos_id, toy.pad_id) for k in (1, 2)]
+    scores = marginal_scores(model, torch.stack([f for f, _ in rows]), ~torch.stack([m for _, m in rows]), 0)
+    exact = [-torch.log(toy.p[(toy.support[:, 0] == 0) & (toy.lengths(toy.support) == n)].sum()) for n in (2, 3)]
+    assert scores[1] < scores[0]
+    assert abs(scores[1] - exact[1]) < 1.0 and abs(scores[0] - exact[0]) < 2.0, (scores, exact)  # 8 noise draws
 
 
 @pytest.mark.parametrize("template,kw,match", [
