@@ -132,7 +132,7 @@ class SequenceModel(torch.nn.Module):
         max_length (a model trained on records, whose tokenizer has <eos>): texts of their own lengths, each cut
         at its first <eos> within max_length tokens (sampling.stops); `out.lengths` (n,) counts their tokens.
         infill: a text with [MASK] (a span of unknown length, tried at each of `span_lengths`, default 1..32,
-        the most likely fill under the model's bound kept) or [MASK:k] (k tokens); see ddlm.infill.
+        the length most likely under the model's bound kept) or [MASK:k] (k tokens); see ddlm.infill.
 
         Steering (ddlm.guidance): cond, a class label (or (n,) labels) of a model with model.n_classes > 0;
         guidance, the classifier-free guidance scale w (0 unconditional, 1 conditional; each step then runs the
