@@ -180,3 +180,19 @@ def test_only_a_skip_model_pays_for_its_length_in_the_bound():
     n = int(real.sum()) - 1  # the one held-out line that fits: 19 characters and its <eos>
     assert given["length_bpc"] == 0 and paid["length_bpc"] == pytest.approx(float(prior[n + 1]) / math.log(2) / 19)
     assert paid["bpc"] == pytest.approx(given["bpc"] + paid["length_bpc"])
+
+
+@pytest.mark.slow  # ~12 s on a busy 2-core machine: three short training runs
+def test_a_resumed_records_run_equals_an_uninterrupted_one(tmp_path):
+    from ddlm.train.loop import Trainer
+
+    cfg = tiny(f"data.source={FIXTURE}", "data.records=lines", "data.padding=skip", "train.max_steps=4",
+               "train.ckpt_every=2", "model.n_layers=1")
+    straight = Trainer(cfg, tmp_path / "a", log=lambda *_: None, progress=False).run()
+    # stopped after 2 steps (the tiny preset warms up for 5 steps, so the learning rate of steps 0-3 does not
+    # depend on max_steps), then resumed to 4
+    Trainer(apply_overrides(cfg, ["train.max_steps=2"]), tmp_path / "b", log=lambda *_: None, progress=False).run()
+    resumed = Trainer.resume(tmp_path / "b", max_steps=4, log=lambda *_: None, progress=False).run()
+    for (name, a), b in zip(straight.backbone.state_dict().items(), resumed.backbone.state_dict().values()):
+        assert torch.equal(a, b), name  # record batches depend only on (seed, step), the tokenizer is reloaded
+    assert resumed.tokenizer.eos_id is not None
