@@ -73,8 +73,7 @@ def curve_table(curves: dict[str, list[dict]], targets=(0.5, 0.7)) -> list[dict]
         pts = sorted(points, key=lambda p: p["step"])
         row = {"arm": arm, "reach": {f"{t:g}": reach(pts, t) for t in targets}}
         if pts:
-            row["final"] = {"step": pts[-1]["step"], "minutes": pts[-1]["minutes"],
-                            "solve_rate": pts[-1]["solve_rate"]}
+            row["final"] = {k: pts[-1][k] for k in ("step", "minutes", "solve_rate", "cell_accuracy") if k in pts[-1]}
         rows.append(row)
     return rows
 
@@ -83,7 +82,7 @@ def format_table(rows: list[dict]) -> str:
     """The curve table as text: `step / min` to each target, `-` where the arm never reached it."""
     targets = list(rows[0]["reach"]) if rows else []
     head = f"{'arm':12s} " + " ".join(f"{'to ' + format(float(t), '.0%'):>16s}" for t in targets) + \
-        f" {'final (step / min / solved)':>30s}"
+        f" {'final (step / min / solved / cells)':>38s}"
     lines = [head]
     for r in rows:
         cells = []
@@ -92,7 +91,9 @@ def format_table(rows: list[dict]) -> str:
             cells.append(f"{hit['step']:>7d} / {hit['minutes']:5.1f}" if hit else f"{'-':>16s}")
         f = r.get("final")
         last = f"{f['step']:>7d} / {f['minutes']:5.1f} / {100 * f['solve_rate']:5.1f}%" if f else "-"
-        lines.append(f"{r['arm']:12s} " + " ".join(f"{c:>16s}" for c in cells) + f" {last:>30s}")
+        if f and "cell_accuracy" in f:
+            last += f" / {100 * f['cell_accuracy']:5.1f}%"
+        lines.append(f"{r['arm']:12s} " + " ".join(f"{c:>16s}" for c in cells) + f" {last:>38s}")
     return "\n".join(lines)
 
 
@@ -114,7 +115,8 @@ def evaluate_snapshot(path: Path, run: Path, puzzles, solutions, batch_size: int
     model.eval()
     rep = evaluate_sudoku(model, puzzles, solutions, planner=cfg.sample.planner, batch_size=batch_size, tries=1)
     return {"step": int(state["step"]), "minutes": float(state.get("elapsed_s", 0.0)) / 60.0,
-            "solve_rate": float(rep["solve_rate_first_try"]), "n": int(rep["n"])}
+            "solve_rate": float(rep["solve_rate_first_try"]), "n": int(rep["n"]),
+            "cell_accuracy": float(rep["cell_accuracy"])}
 
 
 def curve_points(run: Path, data: Path, limit: int | None, every: int = 1, batch_size: int = 200,
@@ -136,7 +138,7 @@ def curve_points(run: Path, data: Path, limit: int | None, every: int = 1, batch
     points = []
     for step, path in chosen:
         key = f"{path.name}|{data.name}|{len(puzzles)}"
-        if key not in cache:
+        if "cell_accuracy" not in cache.get(key, {}):  # new, or cached before cell accuracy was kept
             cache[key] = evaluate_snapshot(path, run, puzzles, solutions, batch_size)
             cache_path.write_text(json.dumps(cache, indent=1))
             if progress:
