@@ -1,7 +1,7 @@
 """Do generated records have the lengths of real ones? MDLM and AR trained on records, side by side.
 
     python benchmarks/lengths.py [--json] [--n 512] [--runs runs/lengths] [--max-steps 1000] [--threads 1]
-                                 [--lines-only] [--lines-steps 400]
+                                 [--lines-only] [--lines-steps 400] [--infill-cost [--infill-n 4]]
 
 KJV verses: an MDLM and an AR model trained with the same budget (the quick preset, `--records verses`, the
 same steps, batch and seed), each in `RUNS-FAMILY`; a run directory without a model is trained first with
@@ -15,7 +15,8 @@ context (the validation split the training left out, those a 128-token row holds
 
     tv           total-variation distance between the histograms of generated and held-out lengths in
                  characters, bins of BIN_WIDTH characters: 0.5 * sum over bins |p_gen - p_held|
-                 (target <= 0.10; n = 512 samples alone give about 0.05 of sampling noise over 16 bins)
+                 (target <= 0.10; 512 against 819 draws of the held-out lengths
+                 themselves give about 0.07: the noise floor)
     mean_length  mean generated length in characters (mean_held: the held-out mean)
     bpc          the bound per held-out record in bits per character (eval/records.py: the NELBO of MDLM
                  over 4 t-samples, the exact NLL of AR; <eos> scored, not counted as a character)
@@ -23,6 +24,10 @@ context (the validation split the training left out, those a 128-token row holds
 Lines: the same table for one-record-per-line on the test fixture tests/data/fixtures/lines.txt (48 short
 lines), tiny models trained here for `--lines-steps` steps (seconds); the reference lengths and the bpc
 are the file's own lines (in-sample: the file is all there is).
+
+--infill-cost prints instead the NFE and seconds of infilling "In the beginning [MASK] earth." with span
+lengths 1..32 (the marginal score and the fill-every-length score, ddlm/infill.py) against one infill of the
+known length [MASK:30], on the KJV MDLM.
 
 --json prints one object: {"data": ..., "bin_width": ..., "rows": [{"family", "tv", "mean_length",
 "mean_held", "bpc", "n", "nfe", "seconds", "samples"}, ...], "lines": {the same for the fixture}}
@@ -145,6 +150,28 @@ def lines_table(args) -> dict:
     return {"data": f"{LINES.relative_to(ROOT)} (in-sample)", "bin_width": BIN_WIDTH["lines"], "rows": rows}
 
 
+INFILL = ("In the beginning [MASK] earth.", "In the beginning [MASK:30] earth.")  # the true span: 30 characters
+
+
+def infill_cost(args) -> dict:
+    """NFE and wall time of infilling a span of unknown length (1..32, by the marginal score and by filling
+    every length) against one fixed-length infill, on the KJV MDLM, n samples in one batch."""
+    import time
+
+    from ddlm.infill import generate_infill
+
+    model = kjv_model("mdlm", args.runs, args.max_steps)
+    rows = []
+    for name, template, score in [("fixed [MASK:30]", INFILL[1], None), ("marginal 1:32", INFILL[0], "marginal"),
+                                  ("fill 1:32", INFILL[0], "fill")]:
+        start = time.perf_counter()
+        out = generate_infill(model, template, "1:32", n=args.infill_n, seed=args.seed, score=score)
+        rows.append({"method": name, "nfe": out.nfe, "seconds": round(time.perf_counter() - start, 2),
+                     "span_lengths": None if out.span_lengths is None else out.span_lengths.tolist(),
+                     "samples": out.texts})
+    return {"template": INFILL[0], "n": args.infill_n, "rows": rows}
+
+
 def print_table(table: dict) -> None:
     print(f"\n{table['data']}: length histograms in bins of {table['bin_width']} characters")
     print(f"{'family':8} {'TV':>6} {'mean gen':>9} {'mean held':>10} {'bpc':>14} {'n':>5} {'NFE':>7} {'s':>7}")
@@ -166,10 +193,24 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=1000, help="training steps of a KJV model trained here")
     p.add_argument("--lines-only", action="store_true", help="only the lines fixture's table (seconds)")
     p.add_argument("--lines-steps", type=int, default=400, help="training steps of the fixture's tiny models")
+    p.add_argument("--infill-cost", action="store_true", help="only the cost of unknown-length infilling on the "
+                   "KJV MDLM (NFE, seconds) against one fixed-length infill")
+    p.add_argument("--infill-n", type=int, default=4, help="samples of --infill-cost (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.infill_cost:
+        cost = infill_cost(args)
+        if args.json:
+            print(json.dumps(cost))
+            return 0
+        print(f"infilling {cost['template']!r}, {cost['n']} samples:")
+        for r in cost["rows"]:
+            print(f"  {r['method']:16} NFE {r['nfe']:5d}  {r['seconds']:7.1f} s  span lengths {r['span_lengths']}")
+            for t in r["samples"]:
+                print(f"      {t!r}")
+        return 0
     lines = lines_table(args)
     result = lines if args.lines_only else dict(kjv_table(args), lines=lines)
     if args.json:
