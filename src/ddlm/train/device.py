@@ -87,3 +87,26 @@ def to_cpu(tree):
             return tree
         return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
     return tree
+
+
+def place(spec: str, rank: int, world: int) -> torch.device:
+    """This process's training device (cuda:LOCAL_RANK under torchrun); every rank must agree on its kind."""
+    local_rank, local_world = 0, 1
+    if world > 1:
+        from .distributed import from_env, same_on_all_ranks
+        env = from_env()
+        local_rank, local_world = (env.local_rank, env.local_world) if env.world == world else (rank, world)
+    try:
+        device, error = resolve_device(spec, local_rank, local_world), None
+    except UserError as e:
+        device, error = None, e
+    # a rank that fails or differs would leave the others waiting forever in DDP: all ranks stop together
+    kind = -1 if device is None else ["cpu", "cuda", "mps"].index(device.type)
+    if world > 1 and not same_on_all_ranks(kind) and error is None:
+        error = UserError(f"train.device={spec} gives different devices on different processes (this one: "
+                          f"{device}); set train.device=cpu or train.device=cuda")
+    if error is not None:
+        raise error
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the CUDA RNG use the current device
+    return device

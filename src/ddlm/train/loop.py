@@ -37,14 +37,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, apply_overrides
+from ..config import RunConfig
 from ..data.batches import as_batch
 from ..errors import UserError
 from ..guidance.conditions import check_dropout, drop_labels, dropout_generator
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
-from .device import backend_for, resolve_device
+from .data import prepare_data, validation_blocks  # noqa: F401  (imported from here by older code)
+from .device import backend_for, place as _place
 from .distributed import any_rank, barrier, mean_over_ranks, no_sync, reseed_step, step_seed
 from .guard import SignalGuard, check_memory, validate_config
 from .optim import EMA, make_optimizer, set_lr
@@ -59,39 +60,6 @@ class TrainingStopped(UserError):
 
 class Interrupted(TrainingStopped):
     """Stopped by Ctrl-C or SIGTERM after a checkpoint; the CLI exits with status 130."""
-
-
-def prepare_data(cfg: RunConfig, tokenizer=None):
-    """(tokenizer, batch source, validation blocks) for the configured data source."""
-    from ..data.batches import BlockBatches
-    from ..data.prepare import prepare_text
-    from ..data.sources import SOURCES
-
-    from ..data.record_data import record_source, uses_records
-
-    if cfg.data.source in SOURCES:
-        return SOURCES[cfg.data.source](cfg, tokenizer)
-    if uses_records(cfg.data):  # one record per row, <eos> and <pad>, the masks data.padding says
-        return record_source(cfg, tokenizer)
-    tokenizer, train_blocks, val_blocks = prepare_text(cfg.data, cfg.model.max_len, tokenizer)
-    return tokenizer, BlockBatches(train_blocks, cfg.train.batch_size, cfg.train.seed), val_blocks
-
-
-def validation_blocks(cfg: RunConfig, tokenizer, data: str | None = None) -> torch.Tensor:
-    """The validation blocks of `data` (default: the configured source) in `tokenizer`'s tokens, for evaluation:
-    the training part of a text corpus is split off but never encoded."""
-    from ..data.prepare import prepare_text
-    from ..data.sources import SOURCES
-
-    from ..data.record_data import record_validation, uses_records
-
-    if uses_records(cfg.data) and (data is None or data not in SOURCES):
-        return record_validation(cfg, tokenizer, data)[0]  # a file given to a records model: its lines
-    if data is not None:
-        cfg = apply_overrides(cfg, [f"data.source={data}"])
-    if cfg.data.source in SOURCES:
-        return SOURCES[cfg.data.source](cfg, tokenizer)[2]
-    return prepare_text(cfg.data, cfg.model.max_len, tokenizer, train=False)[2]
 
 
 class Trainer:
@@ -392,29 +360,6 @@ def _disk_errors(run_dir: Path):
     except OSError as e:
         raise UserError(f"cannot write into {run_dir}: {e.strerror or e}; free disk space or fix the permissions, "
                         f"then `ddlm train --resume {run_dir}`") from None
-
-
-def _place(spec: str, rank: int, world: int) -> torch.device:
-    """This process's training device (cuda:LOCAL_RANK under torchrun); every rank must agree on its kind."""
-    local_rank, local_world = 0, 1
-    if world > 1:
-        from .distributed import from_env, same_on_all_ranks
-        env = from_env()
-        local_rank, local_world = (env.local_rank, env.local_world) if env.world == world else (rank, world)
-    try:
-        device, error = resolve_device(spec, local_rank, local_world), None
-    except UserError as e:
-        device, error = None, e
-    # a rank that fails or differs would leave the others waiting forever in DDP: all ranks stop together
-    kind = -1 if device is None else ["cpu", "cuda", "mps"].index(device.type)
-    if world > 1 and not same_on_all_ranks(kind) and error is None:
-        error = UserError(f"train.device={spec} gives different devices on different processes (this one: "
-                          f"{device}); set train.device=cpu or train.device=cuda")
-    if error is not None:
-        raise error
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL and the CUDA RNG use the current device
-    return device
 
 
 def _seed_everything(seed: int) -> None:

@@ -14,7 +14,6 @@ solution is used only for the cell accuracy on blanks, since a puzzle may have s
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
