@@ -34,6 +34,7 @@ def cmd_sample(args) -> int:
                    compile=args.compile, progress=not args.json and sys.stderr.isatty())  # a bar only for a person
     if args.max_length is not None:  # texts of their own lengths: each stops at its <eos> (sampling/stops.py)
         options["max_length"] = args.max_length
+    options.update(steering_options(args))  # --cond, --guidance, --reward with --svdd / --smc (guidance/cli.py)
     if args.infill is not None:  # [MASK] spans (ddlm/infill.py): one call, every sample kept
         if args.kv_cache or args.compile:
             raise UserError("--infill takes neither --kv-cache nor --compile")
@@ -41,7 +42,6 @@ def cmd_sample(args) -> int:
         options.update(infill=args.infill, span_lengths=args.span_lengths)
     elif args.span_lengths is not None:
         raise UserError("--span-lengths is the range of lengths tried for the [MASK] of --infill; add --infill TEXT")
-    options.update(steering_options(args))  # --cond, --guidance, --reward with --svdd / --smc (guidance/cli.py)
     context = model.cfg.model.max_len
     if args.kv_cache and (args.length or context) <= context:
         print(f"note: --kv-cache has no effect at --length {args.length or context} (one window of the "
@@ -121,6 +121,7 @@ def register(sub) -> None:
     add_planner_options(s)
     s.add_argument("--temperature", type=_float, help="token temperature (0 = greedy)")
     s.add_argument("--prompt", help="text the samples start with")
+    add_steering_arguments(s)
     s.add_argument("--max-length", type=_positive_int, metavar="N", help="a model trained on records: each "
                    "sample stops at its end-of-text token (<eos>) within N tokens, so samples have their own "
                    "lengths (--json reports them); instead of --length")
@@ -129,7 +130,6 @@ def register(sub) -> None:
                    "filled and the fill most likely under the model's bound is kept")
     s.add_argument("--span-lengths", metavar="LO:HI", help="lengths tried for the [MASK] of --infill "
                    "(default 1:32)")
-    add_steering_arguments(s)
     s.add_argument("--seed", type=_seed, help="random seed (default: a fresh one, printed on stderr so that the "
                    "samples can be drawn again)")
     s.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="samples per network "

@@ -141,8 +141,6 @@ class TrainConfig:
     "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps; under torchrun process r takes cuda:LOCAL_RANK"
     cond_dropout: float = 0.1
     "labelled data: probability a row's label is replaced by the null label (one model, conditional and not: CFG)"
-    cond_dropout: float = 0.1
-    "labelled data: probability a row's label is replaced by the null label (one model, conditional and not: CFG)"
 
 
 @dataclass(frozen=True)
