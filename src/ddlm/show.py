@@ -105,6 +105,24 @@ class Live:
         return (f"\x1b[{self.drawn}F" if self.drawn else "\r") + "\x1b[J"
 
 
+def _play(stream, live: Live, frame) -> object:
+    """Draw frame(step) -> lines for every step of `stream` with its step line below, until the final Step,
+    which is returned; the stream is closed and the frames erased however the loop ends (Ctrl-C included)."""
+    final = None
+    try:
+        for step in stream:
+            if step.final:
+                final = step
+                break
+            lines = frame(step)
+            lines.append(f"{DIM}step {step.index + 1}, NFE {step.nfe}, {step.seconds:.2f} s{RESET}")
+            live.draw(lines)
+    finally:
+        stream.close()
+        live.clear()
+    return final
+
+
 def show_text_steps(stream, model, out=None, header=None):
     """Draw every step of `stream` (sampling.stream.StepStream) of text samples; returns the final Step,
     with the frames erased. header(k) -> the line above sample k (0-based), e.g. '--- sample 1 ---'."""
@@ -117,40 +135,19 @@ def show_text_steps(stream, model, out=None, header=None):
             cache[token] = model.decode([token])
         return cache[token]
 
-    final = None
-    try:
-        for step in stream:
-            if step.final:
-                final = step
-                break
-            lines = []
-            for k in range(step.tokens.shape[0]):
-                if header is not None:
-                    lines.append(header(k))
-                pieces = [piece(int(t)) for t in step.tokens[k]]
-                lines += wrap(text_cells(pieces, step.masked[k].tolist(), step.new[k].tolist()), width)
-            lines.append(f"{DIM}step {step.index + 1}, NFE {step.nfe}, {step.seconds:.2f} s{RESET}")
-            live.draw(lines)
-    finally:
-        stream.close()
-        live.clear()
-    return final
+    def frame(step) -> list[str]:
+        lines = []
+        for k in range(step.tokens.shape[0]):
+            if header is not None:
+                lines.append(header(k))
+            pieces = [piece(int(t)) for t in step.tokens[k]]
+            lines += wrap(text_cells(pieces, step.masked[k].tolist(), step.new[k].tolist()), width)
+        return lines
+
+    return _play(stream, live, frame)
 
 
 def show_sudoku_steps(stream, given, out=None):
     """Draw every step of a Sudoku `stream` (tokens 0..8 = digits 1..9); returns the final Step."""
-    live = Live(out)
-    final = None
-    try:
-        for step in stream:
-            if step.final:
-                final = step
-                break
-            lines = sudoku_lines((step.tokens[0] + 1).tolist(), step.masked[0].tolist(), step.new[0].tolist(),
-                                 given)
-            lines.append(f"{DIM}step {step.index + 1}, NFE {step.nfe}, {step.seconds:.2f} s{RESET}")
-            live.draw(lines)
-    finally:
-        stream.close()
-        live.clear()
-    return final
+    return _play(stream, Live(out), lambda step: sudoku_lines((step.tokens[0] + 1).tolist(), step.masked[0].tolist(),
+                                                              step.new[0].tolist(), given))
