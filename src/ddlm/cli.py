@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="named preset (see `ddlm presets`) or a YAML file; default quick")
     t.add_argument("--data", "--corpus", help="corpus: kjv (default), shakespeare, a text file or a glob")
     t.add_argument("--records", metavar="KIND", help="train on records, one per row with <eos> and <pad>: lines "
-                   "(a file: one per line), verses (kjv), lines or speeches (shakespeare); sets data.records")
+                   "(a file: one per line), labelled-lines (a file of LABEL<TAB>RECORD lines: class labels), "
+                   "verses (kjv), lines or speeches (shakespeare); sets data.records")
     t.add_argument("--process", help=f"model family: {', '.join(FAMILIES)} (D3PM and rdm-multinomial switch on "
                    "model.time_conditioning; see ddlm.families)")
     t.add_argument("--tokenizer", choices=["char", "byte", "bpe", "smiles"], help="tokenizer built from the corpus "

@@ -37,6 +37,8 @@ class ModelConfig:
     "condition the denoiser on t through adaLN (off by default, as in MDLM; needed for D3PM)"
     n_classes: int = 0
     "class labels the backbone is conditioned on (a learned embedding plus a null label); 0 = unconditional"
+    class_names: tuple = ()
+    "names of the labels 0..n_classes-1, set with n_classes from labelled records (sample --cond NAME)"
 
 
 @dataclass(frozen=True)

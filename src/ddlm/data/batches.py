@@ -13,10 +13,12 @@ import torch
 
 class BlockBatches:
     """Batches of rows of `blocks` (N, L): epoch e uses permutation seeded by (seed, e). With `masks` (N, L)
-    bool (records: True = counts in the loss) a batch is a `Batch` of tokens and mask, else a bare tensor."""
+    bool (records: True = counts in the loss) and/or `labels` (N,) long (a class per row) a batch is a `Batch`
+    of tokens, mask and cond, else a bare tensor."""
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int, masks: torch.Tensor | None = None):
-        self.blocks, self.batch_size, self.seed, self.masks = blocks, batch_size, seed, masks
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int, masks: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None):
+        self.blocks, self.batch_size, self.seed, self.masks, self.labels = blocks, batch_size, seed, masks, labels
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -33,8 +35,9 @@ class BlockBatches:
         for i in range(step * b, (step + 1) * b):
             idx.append(self._permutation(i // n)[i % n])
         rows = torch.stack(idx)[rank::world]
-        if self.masks is not None:
-            return Batch(self.blocks[rows], self.masks[rows])
+        if self.masks is not None or self.labels is not None:
+            return Batch(self.blocks[rows], None if self.masks is None else self.masks[rows],
+                         None if self.labels is None else self.labels[rows])
         return self.blocks[rows]
 
 

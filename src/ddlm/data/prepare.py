@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..config import DataConfig
 from ..errors import UserError
 
@@ -31,21 +33,28 @@ def prepare_text(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = 
     return tokenizer, blocks, val
 
 
-def prepare_records(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = True, bos: bool = False):
+def prepare_records(cfg: DataConfig, block_len: int, tokenizer=None, train: bool = True, bos: bool = False,
+                    with_labels: bool = False):
     """Records of cfg.source (kind cfg.records) split, tokenized and packed one per row (data/records.py).
 
     Returns (tokenizer, train, val); train and val are (tokens (N, L) long, mask (N, L) bool, report) from
     pack_records, train is None when train=False. A new tokenizer is built with specials (<bos> <eos> <pad>);
     a given one must have them. bos=True puts <bos> in front of every record (the AR family needs it).
     Long records follow cfg.long_records; print describe_report(report) of each part once.
+    with_labels=True adds a fourth element: the rows' labels (labels.RecordLabels) of labelled records
+    (data/labels.py), or None for unlabelled ones.
     """
-    from .records import encode_records, load_records, pack_flat, split_records
+    from .labels import RecordLabels, kept_rows, label_ids
+    from .records import encode_records, load_labelled, pack_flat, split_records
     from .tokenizers import build_tokenizer
 
     if not 0.0 < cfg.val_fraction < 0.5:
         raise UserError(f"data.val_fraction must be in (0, 0.5), got {cfg.val_fraction}")
-    records = load_records(cfg.source, cfg.records)
-    train_records, val_records = split_records(records, cfg.val_fraction)
+    records, labels, about = load_labelled(cfg.source, cfg.records)
+    # (n,) over all records, one numbering for both parts; checked first (one class only is refused)
+    ids, names = label_ids(labels, cfg.source) if with_labels and labels is not None else (None, ())
+    train_idx, val_idx = split_records(list(range(len(records))), cfg.val_fraction)
+    train_records, val_records = [records[i] for i in train_idx], [records[i] for i in val_idx]
     if tokenizer is None:
         # a character vocabulary must cover validation records too; BPE learns merges from training records only
         # (a SMILES-token vocabulary too: a rare token only in validation would be unencodable)
@@ -57,9 +66,21 @@ def prepare_records(cfg: DataConfig, block_len: int, tokenizer=None, train: bool
         raise UserError("this tokenizer has no <eos>/<pad> (it was made for a stream); records need a model "
                         "trained on records, or set data.records=none")
 
-    def pack(part):
+    kept = {}
+
+    def pack(part, name):
         flat, lengths = encode_records(tokenizer, part)
+        kept[name] = kept_rows(lengths, block_len, bos, cfg.long_records)  # (n,) the records that get a row
         return pack_flat(flat, lengths, block_len, tokenizer.bos_id if bos else None, tokenizer.eos_id,
                             tokenizer.pad_id, cfg.long_records)
 
-    return tokenizer, pack(train_records) if train else None, pack(val_records)
+    out = (tokenizer, pack(train_records, "train") if train else None, pack(val_records, "val"))
+    if not with_labels:
+        return out
+    if ids is None:
+        return (*out, None)
+
+    def rows(idx, name):  # the labels of a part's rows, in row order
+        return ids[torch.tensor(idx, dtype=torch.long)][kept[name]]
+
+    return (*out, RecordLabels(rows(train_idx, "train") if train else None, rows(val_idx, "val"), names, about))

@@ -60,28 +60,38 @@ def record_batch(tokens: torch.Tensor, mask: torch.Tensor, learn_padding: bool):
     return tokens if learn_padding else Batch(tokens, mask)
 
 
-def prepare_record_data(cfg, tokenizer=None, train: bool = True):
+def prepare_record_data(cfg, tokenizer=None, train: bool = True, with_labels: bool = False):
     """(tokenizer, train part, validation part, reports) of cfg's records; each part is (tokens (N, L), mask
     (N, L) bool) from pack_records (train part None when train=False), reports the pack reports of the parts
-    (describe_report gives their lines). A new tokenizer is built with <bos> <eos> <pad>."""
+    (describe_report gives their lines). A new tokenizer is built with <bos> <eos> <pad>.
+    with_labels=True adds the rows' labels (labels.RecordLabels, or None for unlabelled records)."""
     from .prepare import prepare_records
 
     check_padding(cfg.data.padding)
-    tokenizer, tr, val = prepare_records(cfg.data, cfg.model.max_len, tokenizer, train=train, bos=False)
+    tokenizer, tr, val, *labels = prepare_records(cfg.data, cfg.model.max_len, tokenizer, train=train, bos=False,
+                                                  with_labels=with_labels)
     reports = ([tr[2]] if tr is not None else []) + [val[2]]
-    return tokenizer, (tr[:2] if tr is not None else None), val[:2], reports
+    return (tokenizer, (tr[:2] if tr is not None else None), val[:2], reports, *labels)
 
 
 def record_source(cfg, tokenizer=None):
     """(tokenizer, batch source, validation data) for training on records: BlockBatches over the training rows
-    (its `report_lines` say what was packed, skipped or cut, for the Trainer to log once)."""
+    (its `report_lines` say what was packed, skipped or cut, for the Trainer to log once). Labelled records
+    (data/labels.py) put each row's label in the batch's cond (B,) and their names in `batches.class_names`;
+    validation stays unlabelled (the null label: the bound of the unconditional model)."""
+    from .labels import describe_labels
     from .records import describe_report
 
-    tokenizer, (tokens, mask), (val_tokens, val_mask), reports = prepare_record_data(cfg, tokenizer)
+    tokenizer, (tokens, mask), (val_tokens, val_mask), reports, labels = prepare_record_data(cfg, tokenizer,
+                                                                                              with_labels=True)
     learn = learns_padding(cfg, tokenizer.vocab_size)
-    batches = BlockBatches(tokens, cfg.train.batch_size, cfg.train.seed, masks=None if learn else mask)
+    batches = BlockBatches(tokens, cfg.train.batch_size, cfg.train.seed, masks=None if learn else mask,
+                           labels=None if labels is None else labels.train)
+    batches.class_names = () if labels is None else labels.names
     batches.report_lines = [describe_report(reports[0], "training records"),
                             describe_report(reports[1], "validation records")]
+    if labels is not None:
+        batches.report_lines.append(describe_labels(labels))
     return tokenizer, batches, record_batch(val_tokens, val_mask, learn)
 
 
@@ -93,7 +103,8 @@ def record_validation(cfg, tokenizer, data: str | None = None):
     if data is not None:
         from ..config import apply_overrides
 
-        kind = cfg.data.records if data in RECORD_SOURCES else "lines"
+        # a file given to a model of labelled lines is read as labelled lines (its labels left out)
+        kind = cfg.data.records if data in RECORD_SOURCES or cfg.data.records == "labelled-lines" else "lines"
         cfg = apply_overrides(cfg, [f"data.source={data}", f"data.records={kind}"])
     tokenizer, _, (tokens, mask), reports = prepare_record_data(cfg, tokenizer, train=False)
     return record_batch(tokens, mask, learns_padding(cfg, tokenizer.vocab_size)), mask, reports[0]

@@ -13,6 +13,7 @@ the attention mask, where a backbone wants one, is `tokens != pad`.
 Where records come from (`load_records(source, kind)`):
 
     a file or glob, "lines"        one record per non-empty line (blank lines separate nothing else)
+    a file, "labelled-lines"       LABEL<TAB>RECORD lines: records with a class label each (labels.py)
     "kjv", "verses" (or "lines")   the 31,103 verses
     "shakespeare", "lines"         every non-empty line of the plays and poems
     "shakespeare", "speeches"      blocks between blank lines: a speaker's line and the speech under it
@@ -44,7 +45,8 @@ RECORD_SOURCES: dict[str, dict[str, Callable[[], list[str]]]] = {}
 
 
 def register_records(source: str, kind: str, fn: Callable[[], list[str]]) -> None:
-    """Make `load_records(source, kind)` return fn() (a list of strings); a task's data hook."""
+    """Make `load_records(source, kind)` return fn() (a list of strings, or `labels.Labelled` records with a
+    label each); a task's data hook."""
     RECORD_SOURCES.setdefault(source, {})[kind] = fn
 
 
@@ -82,7 +84,14 @@ def nonblank_lines(text: str) -> list[str]:
 
 def load_records(source: str, kind: str = "lines") -> list[str]:
     """The records of `source` (a built-in or task source name, a file or a glob) of `kind`."""
+    return load_labelled(source, kind)[0]
+
+
+def load_labelled(source: str, kind: str = "lines"):
+    """(records, labels, about) of `source` and `kind`: labels a string per record (a `labelled-lines` file,
+    a task kind that returns `labels.Labelled`) or None; about: what the labels mean ("" if nothing to say)."""
     from .corpora import CORPORA, load_text
+    from .labels import LABELLED_LINES, Labelled, parse_labelled_lines
 
     if kind in ("none", "", None):
         raise UserError("data.records is none (a stream); choose a record kind, e.g. data.records=lines")
@@ -92,20 +101,27 @@ def load_records(source: str, kind: str = "lines") -> list[str]:
         kinds = RECORD_SOURCES[source]
         if kind not in kinds:
             raise UserError(f"the {source} source has no records of kind {kind!r}; it has: {', '.join(kinds)}")
-        records = list(kinds[kind]())
+        records = kinds[kind]()
     elif source in CORPORA or _is_generated(source):
         raise UserError(f"the {source} source has no records; set data.records=none")
+    elif kind == LABELLED_LINES:  # LABEL<TAB>RECORD lines
+        records = parse_labelled_lines(load_text(source), source)
     elif kind != "lines":
-        raise UserError(f"a file's records are its lines; use data.records=lines, not {kind!r}")
+        raise UserError(f"a file's records are its lines; use data.records=lines (or {LABELLED_LINES} for "
+                        f"LABEL<TAB>RECORD lines), not {kind!r}")
     else:
         # load_text refuses an empty or whitespace-only file in one line already
         records = nonblank_lines(load_text(source))
+    labels, about = None, ""
+    if isinstance(records, Labelled):
+        records, labels, about = records.records, records.labels, records.about
+    records = list(records)
     if not records:
         raise UserError(f"the {source} source gave no records; give a source with at least one non-empty record")
     bad = [type(r).__name__ for r in records if not isinstance(r, str)]
     if bad:
         raise UserError(f"the {source} source gave records that are not strings ({bad[0]}); a record is a str")
-    return records
+    return records, labels, about
 
 
 def _is_generated(source: str) -> bool:

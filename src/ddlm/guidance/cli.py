@@ -11,17 +11,17 @@ FLAGS = (("cond", "cond"), ("guidance", "guidance"), ("reward", "reward"), ("svd
          ("svdd_alpha", "svdd_alpha"), ("smc", "smc_particles"), ("smc_alpha", "smc_alpha"))
 
 
-def _label(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a class label (a whole number), got {text!r}") from None
+def _label(text: str) -> str:
+    """A label as written: a class name of the model (model.class_names) or a number, resolved by generate."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a class label (a name of the model's labels or a number)")
+    return text
 
 
 def add_arguments(s) -> None:
     g = s.add_argument_group("steering (a model with labels, a reward)")
-    g.add_argument("--cond", type=_label, metavar="LABEL", help="class label of every sample (a model trained "
-                   "with model.n_classes > 0; -1 = unconditional)")
+    g.add_argument("--cond", type=_label, metavar="LABEL", help="class label of every sample: a label name of "
+                   "labelled training data (e.g. qed-q4) or its number 0..n_classes-1 (-1 = unconditional)")
     g.add_argument("--guidance", type=_float, metavar="W", help="classifier-free guidance scale with --cond: 0 "
                    "unconditional, 1 conditional, > 1 stronger (two network calls per step)")
     g.add_argument("--reward", metavar="NAME", help=f"reward of the decoded samples for --svdd / --smc: "

@@ -38,12 +38,48 @@ def drop_labels(batch: Batch, p: float, generator: torch.Generator | None = None
     return Batch(batch.tokens, batch.mask, cond, batch.attend)
 
 
-def check_labels(cond, n: int, n_classes: int) -> torch.Tensor:
-    """User labels -> (n,) long: one label for every sample (an int) or one per sample ((n,) ints), each in
-    0..n_classes-1 (or -1, the null label: unconditional)."""
+def classes_from_data(cfg, names: tuple, causal: bool):
+    """cfg with model.n_classes and model.class_names set from the labels of the data (`names`, label order):
+    model.n_classes = 0 takes the data's count; a different count, or other names (a resumed run), is refused."""
+    import dataclasses
+
+    if not names:
+        return cfg
+    if causal:
+        raise UserError("the ar family samples left to right without labels; train it on unlabelled records "
+                        "(e.g. data.records=lines) or choose a diffusion family (--process)")
+    m = cfg.model
+    if m.n_classes not in (0, len(names)):
+        raise UserError(f"model.n_classes={m.n_classes} but the data have {len(names)} labels "
+                        f"({', '.join(names[:6])}); set model.n_classes={len(names)} or 0 (from the data)")
+    if m.class_names and tuple(m.class_names) != tuple(names):
+        raise UserError(f"this run's labels are {', '.join(m.class_names)} but the data's are {', '.join(names)}; "
+                        "train on the same labelled data or start a new run")
+    return cfg.replace(model=dataclasses.replace(m, n_classes=len(names), class_names=tuple(names)))
+
+
+def _by_name(cond, names: tuple):
+    """A label given as text: a class name (label i is names[i]), else a whole number; lists element-wise."""
+    if isinstance(cond, (list, tuple)):
+        return [_by_name(c, names) for c in cond]
+    if not isinstance(cond, str):
+        return cond
+    if cond in names:
+        return names.index(cond)
+    try:
+        return int(cond)
+    except ValueError:
+        known = f"one of {', '.join(names)} or a number" if names else "a whole number"
+        raise UserError(f"unknown class label {cond!r}; this model's labels are {known}") from None
+
+
+def check_labels(cond, n: int, n_classes: int, names: tuple = ()) -> torch.Tensor:
+    """User labels -> (n,) long: one label for every sample (an int, or a name of `names`) or one per sample
+    ((n,) of them), each in 0..n_classes-1 (or -1, the null label: unconditional)."""
     if n_classes <= 0:
         raise UserError("this model is unconditional (model.n_classes = 0); drop cond (--cond) or train a "
                         "model with model.n_classes > 0")
+    cond = _by_name(cond, tuple(names))
     try:
         labels = torch.as_tensor(cond)
     except (TypeError, ValueError, RuntimeError):
@@ -57,8 +93,9 @@ def check_labels(cond, n: int, n_classes: int) -> torch.Tensor:
         raise UserError(f"cond has {labels.numel()} labels but n is {n}; give one label or one per sample")
     bad = (labels < NULL_LABEL) | (labels >= n_classes)
     if bool(bad.any()):
+        named = f" ({', '.join(names)})" if names else ""
         raise UserError(f"class label {int(labels[bad][0])} is out of range; this model has labels "
-                        f"0..{n_classes - 1} (-1 = unconditional)")
+                        f"0..{n_classes - 1}{named} (-1 = unconditional)")
     return labels
 
 

@@ -39,7 +39,8 @@ class Steering:
         from .rewards import resolve_reward
 
         self.model, self.family = model, model.family
-        self.labels = None if cond is None else check_labels(cond, n, model.cfg.model.n_classes)
+        self.labels = None if cond is None else check_labels(cond, n, model.cfg.model.n_classes,
+                                                             model.cfg.model.class_names)
         if guidance is not None and self.labels is None:
             raise UserError("guidance needs a class label to guide towards; add cond=LABEL (--cond LABEL)")
         self.w = None if guidance is None else check_scale(guidance)

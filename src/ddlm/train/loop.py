@@ -40,7 +40,7 @@ import torch
 from ..config import RunConfig
 from ..data.batches import as_batch
 from ..errors import UserError
-from ..guidance.conditions import check_dropout, drop_labels, dropout_generator
+from ..guidance.conditions import check_dropout, classes_from_data, drop_labels, dropout_generator
 from ..pipeline import SequenceModel
 from .checkpoint import (is_complete, list_checkpoints, load_latest, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
@@ -98,6 +98,10 @@ class Trainer:
             from ..data.tokenizers import load_tokenizer
             tokenizer = load_tokenizer(self.out)
         tokenizer, self.batches, self.val_blocks = prepare_data(cfg, tokenizer)
+        if getattr(self.batches, "class_names", ()):  # labelled records: n_classes and the names from the data
+            from ..families import build_family
+            causal = build_family(cfg.process, tokenizer.vocab_size).causal
+            cfg = self.cfg = classes_from_data(cfg, self.batches.class_names, causal)
         _seed_everything(cfg.train.seed)
         self.model = SequenceModel(cfg, tokenizer).to(self.device)  # initialised on the CPU, then moved
         self.backbone = self.model.backbone
