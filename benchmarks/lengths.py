@@ -46,7 +46,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 LINES = ROOT / "tests" / "data" / "fixtures" / "lines.txt"
-FAMILIES = ("mdlm", "ar")
+ARMS = (("mdlm", "learn"), ("mdlm", "skip"), ("ar", "learn"))  # (family, data.padding); AR skips <pad> anyway
 BIN_WIDTH = {"kjv": 8, "lines": 4}  # characters per histogram bin: 16 bins over a 128-token verse row
 KJV_TRAIN = ["train.eval_every=0", "train.ckpt_every=250", "train.seed=0"]
 LINES_TRAIN = ["model.max_len=80", "train.batch_size=16", "train.lr=3e-3", "train.warmup_steps=20",
@@ -80,23 +80,37 @@ def record_rows(model, records: list[str]):
     return record_batch(tokens, mask, learns_padding(model.cfg, tok.vocab_size)), mask
 
 
+def noise_floor(ref: torch.Tensor, n: int, bin_width: int, top: int, draws: int = 20, seed: int = 0) -> float:
+    """Mean TV between n held-out lengths drawn at random (with replacement) and all of them: what a model
+    with exactly the held-out length distribution would score with n samples."""
+    g = torch.Generator().manual_seed(seed)
+    tvs = [total_variation(ref[torch.randint(len(ref), (n,), generator=g)], ref, bin_width, top) for _ in range(draws)]
+    return sum(tvs) / draws
+
+
 def measure(model, held: list[str], data, real_mask, *, n: int, bin_width: int, seed: int = 0,
             t_samples: int = 4, batch_size: int = 64, n_show: int = 3) -> dict:
     """One row of the table: generate n records (stopping at <eos>) and compare with `held` texts."""
     from ddlm.eval.records import evaluate_records, length_nats_for
 
-    context = model.cfg.model.max_len
+    tok, context = model.tokenizer, model.cfg.model.max_len
     out = model.generate(n=n, max_length=context, seed=seed, batch_size=batch_size)
     gen = torch.tensor([len(t) for t in out.texts])
     ref = torch.tensor([len(t) for t in held])
+    ended = ((out.tokens == tok.eos_id) | (out.tokens == tok.pad_id)).any(-1)  # (n,) rows that ended themselves
     # a data.padding=skip model is told each record's length by its key-padding mask: pay for the length, as
     # `ddlm eval` does (None for learn and AR models, whose bound already holds it)
     m = evaluate_records(model, data, real_mask, batch_size=32, t_samples=t_samples, seed=seed,
                          length_nats=length_nats_for(model))
-    return {"family": model.family.name, "tv": round(total_variation(gen, ref, bin_width, context), 4),
+    return {"family": model.family.name, "padding": "-" if model.family.causal else model.cfg.data.padding,
+            "tv": round(total_variation(gen, ref, bin_width, context), 4),
+            "tv_floor": round(noise_floor(ref, n, bin_width, context, seed=seed), 4),
             "mean_length": round(float(gen.double().mean()), 2), "mean_held": round(float(ref.double().mean()), 2),
-            "bpc": round(m["bpc"], 4), "bpc_ci95": round(m["bpc_ci95"], 4), "n": n, "n_held": len(held),
-            "nfe": out.nfe, "seconds": round(out.seconds, 2), "samples": out.texts[:n_show]}
+            "no_eos": round(1.0 - float(ended.double().mean()), 4),
+            "bpc": round(m["bpc"], 4), "bpc_ci95": round(m["bpc_ci95"], 4),
+            "bpc_given_length": round(m["bpc"] - m["length_bpc"], 4), "length_bpc": round(m["length_bpc"], 4),
+            "n": n, "n_held": len(held), "nfe": out.nfe, "seconds": round(out.seconds, 2),
+            "samples": out.texts[:n_show]}
 
 
 def _fit(cfg, out):
@@ -107,16 +121,18 @@ def _fit(cfg, out):
                    log=lambda *a, **k: print(*a, **dict(k, file=sys.stderr))).run()
 
 
-def kjv_model(family: str, runs: str, max_steps: int):
-    """The KJV-verses model of `family` in RUNS-FAMILY, trained first when the directory has none."""
+def kjv_model(family: str, runs: str, max_steps: int, padding: str = "learn"):
+    """The KJV-verses model of `family` in RUNS-FAMILY (RUNS-FAMILY-skip for data.padding=skip), trained first
+    when the directory has none."""
     import ddlm
     from ddlm.families import configure
 
-    out = Path(f"{runs}-{family}")
+    out = Path(f"{runs}-{family}" + ("-skip" if padding == "skip" else ""))
     if not (out / "model" / "config.json").is_file():
-        print(f"training {family} on KJV verses into {out} ({max_steps} steps)", file=sys.stderr)
+        print(f"training {family} (data.padding={padding}) on KJV verses into {out} ({max_steps} steps)",
+              file=sys.stderr)
         ov = [f"process.name={family}", "data.source=kjv", "data.records=verses", f"train.max_steps={max_steps}",
-              "train.threads=1"] + KJV_TRAIN
+              f"data.padding={padding}", "train.threads=1"] + KJV_TRAIN
         cfg = configure(ddlm.apply_overrides(ddlm.load_preset("quick"), ov), ov)
         _fit(cfg, out)
     return ddlm.SequenceModel.from_pretrained(out)
@@ -126,8 +142,8 @@ def kjv_table(args) -> dict:
     from ddlm.data.record_data import prepare_record_data
 
     rows = []
-    for family in FAMILIES:
-        model = kjv_model(family, args.runs, args.max_steps)
+    for family, padding in ARMS:
+        model = kjv_model(family, args.runs, args.max_steps, padding)
         _, _, (tokens, mask), _ = prepare_record_data(model.cfg, model.tokenizer, train=False)
         held = [model.decode(r[m]) for r, m in zip(tokens, mask)]  # the held-out verses that fit a row
         data, real = record_rows(model, held)
@@ -143,11 +159,11 @@ def lines_table(args) -> dict:
     lines = load_records(str(LINES), "lines")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family in FAMILIES:
-            ov = [f"process.name={family}", f"data.source={LINES}", "data.records=lines",
+        for family, padding in ARMS:
+            ov = [f"process.name={family}", f"data.source={LINES}", "data.records=lines", f"data.padding={padding}",
                   f"train.max_steps={args.lines_steps}", "train.threads=1"] + LINES_TRAIN
             cfg = configure(ddlm.apply_overrides(ddlm.load_preset("tiny"), ov), ov)
-            model = _fit(cfg, Path(tmp) / family)
+            model = _fit(cfg, Path(tmp) / f"{family}-{padding}")
             data, real = record_rows(model, lines)
             rows.append(measure(model, lines, data, real, n=args.n, bin_width=BIN_WIDTH["lines"], seed=args.seed))
     return {"data": f"{LINES.relative_to(ROOT)} (in-sample)", "bin_width": BIN_WIDTH["lines"], "rows": rows}
@@ -177,14 +193,15 @@ def infill_cost(args) -> dict:
 
 def print_table(table: dict) -> None:
     print(f"\n{table['data']}: length histograms in bins of {table['bin_width']} characters")
-    print(f"{'family':8} {'TV':>6} {'mean gen':>9} {'mean held':>10} {'bpc':>14} {'n':>5} {'NFE':>7} {'s':>7}")
+    print(f"{'family':8} {'padding':8} {'TV':>6} {'floor':>6} {'mean gen':>9} {'mean held':>10} {'bpc':>14} "
+          f"{'n':>5} {'NFE':>7} {'s':>7}")
     for r in table["rows"]:
         bpc = f"{r['bpc']:.3f} ± {r['bpc_ci95']:.3f}"
-        print(f"{r['family']:8} {r['tv']:6.3f} {r['mean_length']:9.1f} {r['mean_held']:10.1f} {bpc:>14} "
-              f"{r['n']:5d} {r['nfe']:7d} {r['seconds']:7.1f}")
+        print(f"{r['family']:8} {r['padding']:8} {r['tv']:6.3f} {r['tv_floor']:6.3f} {r['mean_length']:9.1f} "
+              f"{r['mean_held']:10.1f} {bpc:>14} {r['n']:5d} {r['nfe']:7d} {r['seconds']:7.1f}")
     for r in table["rows"]:
         for s in r["samples"]:
-            print(f"  {r['family']}: {s!r}")
+            print(f"  {r['family']} ({r['padding']}): {s!r}")
 
 
 def main(argv=None) -> int:

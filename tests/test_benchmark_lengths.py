@@ -35,12 +35,12 @@ def test_total_variation_exact_values():
 
 @pytest.mark.slow
 def test_json_rows_on_tiny_models():
-    """--lines-only on tiny models trained for 3 steps: one JSON object, one row per family with the fields."""
+    """--lines-only on tiny models trained for 3 steps: one JSON object, one row per arm with the fields."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lengths.py"), "--lines-only",
                            "--lines-steps", "3", "--n", "4", "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     obj = json.loads(proc.stdout)
-    assert [r["family"] for r in obj["rows"]] == ["mdlm", "ar"]
+    assert [(r["family"], r["padding"]) for r in obj["rows"]] == [("mdlm", "learn"), ("mdlm", "skip"), ("ar", "-")]
     for r in obj["rows"]:
         assert 0.0 <= r["tv"] <= 1.0 and r["bpc"] > 0 and r["n"] == 4 and r["n_held"] == 48
         assert 0 <= r["mean_length"] <= 79 and len(r["samples"]) == 3

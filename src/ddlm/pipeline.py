@@ -41,6 +41,9 @@ class SequenceModel(torch.nn.Module):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.family = build_family(cfg.process, tokenizer.vocab_size)
         self.backbone = Transformer(cfg.model, self.family.process.n_states, causal=self.family.causal)
+        # (L + 1,) counts of the training records' lengths (record + <eos>) of a data.padding=skip model, whose
+        # max_length sampling draws each length first (sampling/lengths.py); None for every other model
+        self.length_counts: torch.Tensor | None = None
 
     @property
     def process(self):
@@ -58,6 +61,8 @@ class SequenceModel(torch.nn.Module):
         if hasattr(self.process, "schedule_key"):
             meta["process_betas_key"] = self.process.schedule_key()
             state[PROCESS_BETAS] = self.process.betas
+        if self.length_counts is not None:
+            meta["length_counts"] = [int(c) for c in self.length_counts]
         save_state(directory, meta, state, self.tokenizer)
 
     @classmethod
@@ -81,7 +86,29 @@ class SequenceModel(torch.nn.Module):
             remember_betas(meta["process_betas_key"], betas)  # used only by a process with that exact key
         model = cls(RunConfig.from_dict(meta["config"]), load_tokenizer(directory))
         load_weights(model.backbone, state, directory)
+        if isinstance(meta.get("length_counts"), list):
+            model.length_counts = torch.tensor(meta["length_counts"], dtype=torch.long)
         return model.to(map_location).eval()
+
+    def draws_lengths(self) -> bool:
+        """True for a masked model trained on records with data.padding=skip: `max_length` sampling draws each
+        sample's length from the training lengths first (sampling/lengths.py)."""
+        from .data.record_data import learns_padding, uses_records
+
+        return (not self.family.causal and uses_records(self.cfg.data)
+                and not learns_padding(self.cfg, self.tokenizer.vocab_size))
+
+    def length_probs(self) -> torch.Tensor:
+        """p(n) (max_len + 1,) of a draws_lengths model: its saved training lengths, add-one smoothed (the
+        prior `ddlm eval` charges its bound for). A model saved without them counts its training data again."""
+        from .sampling.lengths import prior_probs
+
+        if self.length_counts is None:
+            from .data.record_data import training_lengths
+
+            self.length_counts = torch.bincount(training_lengths(self.cfg, self.tokenizer).long(),
+                                                minlength=self.cfg.model.max_len + 1)
+        return prior_probs(self.length_counts, self.cfg.model.max_len)
 
     # ---- text <-> tokens ---------------------------------------------------------------------------------
     def encode(self, text: str) -> torch.Tensor:
@@ -284,6 +311,21 @@ class SequenceModel(torch.nn.Module):
                                        progress=progress, **opts) for p in prompts]
             return SampleOutput(torch.cat([r.tokens for r in rows]), sum(r.nfe for r in rows),
                                 sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
+        if eos is not None and length <= self.cfg.model.max_len and self.draws_lengths():
+            # a data.padding=skip model is p(x | n): n first, then <eos> and unattended <pad> (sampling/lengths.py)
+            from .sampling.lengths import KeyPadded, draw_lengths, length_window, min_lengths
+
+            if req.get("steer") is not None:
+                raise UserError("steering (labels, guidance, SVDD, SMC) is not built for a data.padding=skip model's "
+                                "drawn lengths; sample it without them, or train with data.padding=learn")
+            lengths = draw_lengths(self.length_probs(), n, length, min_lengths(n, fixed_mask), generator)
+            fixed, fixed_mask, keys = length_window(lengths, length, eos, self.tokenizer.pad_id,
+                                                    None if fixed is None else fixed.cpu(),
+                                                    None if fixed_mask is None else fixed_mask.cpu())
+            fixed, fixed_mask = fixed.to(self.device), fixed_mask.to(self.device)
+            tok = self.tokenizer  # a record holds none of its special tokens
+            banned = [i for i in (eos, tok.pad_id, getattr(tok, "bos_id", None)) if i is not None]
+            backbone = KeyPadded(backbone, keys.to(self.device), banned=banned)
         capped = _decodes_positions(self.process) and not _revisits(opts)
 
         def window(n_, length_, fixed_, mask_, prefix=0):

@@ -27,21 +27,17 @@ from .elbo import evaluate_nll
 def length_prior(train_lengths: torch.Tensor, block_len: int) -> torch.Tensor:
     """-log p(n) (block_len + 1,) in nats for n = 0..block_len: add-one smoothing over n = 1..block_len of the
     training lengths (N,) (record + <eos>); n = 0 never occurs (infinite cost)."""
-    counts = torch.bincount(train_lengths.long(), minlength=block_len + 1)[: block_len + 1].double()  # (L + 1,)
-    p = (counts + 1.0) / (len(train_lengths) + block_len)
-    p[0] = 0.0
-    return -torch.log(p)
+    from ..sampling.lengths import prior_probs
+
+    return -torch.log(prior_probs(torch.bincount(train_lengths.long(), minlength=block_len + 1), block_len))
 
 
 def length_nats_for(model) -> torch.Tensor | None:
     """The length prior (L + 1,) a model needs for a bound on -log p(record): a non-causal data.padding=skip
     model's (from its training records' lengths), None for the others (their bound already pays the length)."""
-    from ..data.record_data import learns_padding, training_lengths
-
-    cfg, tok = model.cfg, model.tokenizer
-    if model.family.causal or learns_padding(cfg, tok.vocab_size):
+    if not model.draws_lengths():
         return None
-    return length_prior(training_lengths(cfg, tok), cfg.model.max_len)
+    return -torch.log(model.length_probs())  # the saved training lengths (or counted again), as length_prior
 
 
 @torch.no_grad()

@@ -104,6 +104,8 @@ class Trainer:
             cfg = self.cfg = classes_from_data(cfg, self.batches.class_names, causal)
         _seed_everything(cfg.train.seed)
         self.model = SequenceModel(cfg, tokenizer).to(self.device)  # initialised on the CPU, then moved
+        if self.model.draws_lengths():  # data.padding=skip: the lengths its sampler draws from, saved with it
+            self.model.length_counts = torch.bincount(self.batches.masks.sum(-1), minlength=cfg.model.max_len + 1)
         self.backbone = self.model.backbone
         self.train_module = self.backbone
         if world > 1:
@@ -329,6 +331,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # building the copy draws init weights: keep the RNG unmoved
             exported = SequenceModel(self.cfg, self.model.tokenizer).to(device)
         exported.backbone.load_state_dict(self.ema.state_dict() if self.ema else self.backbone.state_dict())
+        exported.length_counts = self.model.length_counts
         return exported.eval()
 
     def _log_step(self, cfg) -> bool:
