@@ -28,7 +28,7 @@ def test_prior_probs_are_the_smoothed_prior_eval_charges():
     lengths = torch.tensor([2, 2, 3, 7, 7, 7])
     p = prior_probs(torch.bincount(lengths, minlength=L + 1), L)
     assert p[0] == 0 and math.isclose(float(p.sum()), 1.0)
-    assert math.isclose(float(p[7]), (3 + 1) / (6 + L))  # add-one over n = 1..L
+    assert math.isclose(float(p[7]), (3 + 1 / L) / (6 + 1))  # one pseudo-record over n = 1..L
     torch.testing.assert_close(-torch.log(p[1:]), length_prior(lengths, L)[1:])
 
 

@@ -115,9 +115,9 @@ def test_long_records_are_skipped_or_cut_counted_and_logged_once(tmp_path):
     assert batches.report_lines[0].endswith("1 longer records cut (kept without <eos>)")
 
 
-def test_length_prior_is_add_one_smoothed_training_lengths():
-    nats = length_prior(torch.tensor([2, 2, 3]), 4)  # lengths 1..4: counts 0, 2, 1, 0
-    expected = [math.inf, -math.log(1 / 7), -math.log(3 / 7), -math.log(2 / 7), -math.log(1 / 7)]
+def test_length_prior_is_the_smoothed_training_lengths():
+    nats = length_prior(torch.tensor([2, 2, 3]), 4)  # lengths 1..4: counts 0, 2, 1, 0, plus 1/4 each
+    expected = [math.inf, -math.log(0.25 / 4), -math.log(2.25 / 4), -math.log(1.25 / 4), -math.log(0.25 / 4)]
     assert nats.tolist() == pytest.approx(expected)
 
 

@@ -99,7 +99,7 @@ class SequenceModel(torch.nn.Module):
                 and not learns_padding(self.cfg, self.tokenizer.vocab_size))
 
     def length_probs(self) -> torch.Tensor:
-        """p(n) (max_len + 1,) of a draws_lengths model: its saved training lengths, add-one smoothed (the
+        """p(n) (max_len + 1,) of a draws_lengths model: its saved training lengths, smoothed (the
         prior `ddlm eval` charges its bound for). A model saved without them counts its training data again."""
         from .sampling.lengths import prior_probs
 

@@ -265,3 +265,28 @@ def test_progressive_training_is_reproducible_and_differs_from_uniform(tmp_path)
     a, b, u = weights("a", "progressive"), weights("b", "progressive"), weights("u", "uniform")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], u[k]) for k in a)
+
+
+def test_a_resumed_progressive_run_equals_an_uninterrupted_one(tmp_path):
+    """The pool of chains is in the checkpoint: resuming from step 2 of 4 trains the very weights of the run
+    that never stopped (fresh chains at step 2 would train others)."""
+    import shutil
+
+    import ddlm
+    from safetensors.torch import load_file
+
+    from ddlm.cli import main
+
+    cfg = ddlm.apply_overrides(ddlm.load_preset("sudoku-tiny"), [
+        "train.max_steps=4", "train.ckpt_every=2", "train.threads=1", "process.masking=progressive",
+        "process.progressive_phases=2", "process.progressive_planner=top_margin"])
+    ddlm.fit(cfg, tmp_path / "whole", progress=False)
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for p in (tmp_path / "resumed" / "checkpoints").glob("step-00000004.*"):
+        p.unlink()  # as if stopped after the checkpoint at step 2
+    state = torch.load(sorted((tmp_path / "resumed" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert state["step"] == 2 and state["objective"]["xt"].shape[1] == 81
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--quiet"]) == 0
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

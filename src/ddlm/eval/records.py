@@ -10,9 +10,9 @@ denominator counts the characters of the decoded records; specials decode to not
 
 A data.padding=skip model attends to exactly the record and its <eos>, so it is told the length and its bound
 is -log p(record | length). To make it a bound on -log p(record), comparable with the others, its length is
-paid for under the training records' lengths: -log p(n), p(n) = (count(n) + 1) / (N + L) over the lengths
-n = 1..L (record + <eos>) of the N training rows (add-one smoothing), i.e. the model that draws a length from
-the training data and then the record given its length. `length_bpc` reports that part.
+paid for under the training records' lengths: -log p(n), p(n) = (count(n) + 1/L) / (N + 1) over the lengths
+n = 1..L (record + <eos>) of the N training rows (one pseudo-record spread over the L lengths), i.e. the model
+that draws a length from the training data and then the record given its length (as its sampler does). `length_bpc` reports that part.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from .elbo import evaluate_nll
 
 
 def length_prior(train_lengths: torch.Tensor, block_len: int) -> torch.Tensor:
-    """-log p(n) (block_len + 1,) in nats for n = 0..block_len: add-one smoothing over n = 1..block_len of the
-    training lengths (N,) (record + <eos>); n = 0 never occurs (infinite cost)."""
+    """-log p(n) (block_len + 1,) in nats for n = 0..block_len: the training lengths (N,) (record + <eos>)
+    smoothed by one pseudo-record spread over n = 1..block_len (sampling/lengths.py prior_probs); n = 0 never
+    occurs (infinite cost)."""
     from ..sampling.lengths import prior_probs
 
     return -torch.log(prior_probs(torch.bincount(train_lengths.long(), minlength=block_len + 1), block_len))

@@ -26,9 +26,8 @@ marginals agree with the masked process's; it reports ~2.5x faster pretraining a
 on the same yardstick. `process.progressive_fraction` < 1 keeps the last rows of every batch uniformly
 masked (a mix of both).
 
-Resume: the pool lives in the objective, not in the training checkpoint (train/loop.py saves model,
-optimiser, EMA and noise only), so a resumed run starts fresh chains and is not bit-identical to an
-uninterrupted one; `state_dict` / `load_state_dict` hold what a checkpoint would need.
+Resume: the pool is saved in every training checkpoint (`state_dict` / `load_state_dict`, train/loop.py),
+so a resumed run goes on with the same chains and equals an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A `skip` model never attends to `<pad>` in training: its key-padding mask covers the record and its `<eos>`,
 so the model is p(x | n), the record given its length n (tokens, `<eos>` included). It cannot choose n itself
 (a window it attends to in full looks like a record of the window's length), so generation with `max_length`
-draws n from the training records' lengths first (add-one smoothed over 1..L, the same p(n) that `ddlm eval`
+draws n from the training records' lengths first (smoothed over 1..L, the same p(n) that `ddlm eval`
 charges a skip model's bound for), writes `<eos>` at position n-1 and `<pad>` after it, hides the `<pad>`
 from attention, and decodes positions 0..n-2 (never into a special token). The whole model is then
 p(n) p(x | n), whose bound is the one eval reports, and its lengths follow the training lengths by
@@ -18,11 +18,13 @@ from ..errors import UserError
 
 
 def prior_probs(counts: torch.Tensor, block_len: int) -> torch.Tensor:
-    """p(n) (block_len + 1,) float64 from length counts (>= block_len + 1,): add-one smoothing over n = 1..L
-    (eval/records.py length_prior, as probabilities); p(0) = 0."""
+    """p(n) (block_len + 1,) float64 from length counts (>= block_len + 1,): (c_n + 1/L) / (N + 1) for
+    n = 1..L, p(0) = 0 (eval/records.py length_prior, as probabilities). One pseudo-record spread over the L
+    lengths keeps every length possible without flattening a small file's histogram (add-one would give 48
+    records 80 pseudo-counts)."""
     c = counts.double()[: block_len + 1]
     c = torch.cat([c, c.new_zeros(block_len + 1 - len(c))])  # (L + 1,)
-    p = c + 1.0
+    p = c + 1.0 / block_len
     p[0] = 0.0
     return p / p.sum()
 

@@ -62,6 +62,11 @@ class Interrupted(TrainingStopped):
     """Stopped by Ctrl-C or SIGTERM after a checkpoint; the CLI exits with status 130."""
 
 
+def _objective_state(objective):
+    """What an objective keeps between steps (progressive masking's pool of chains), or None."""
+    return objective.state_dict() if hasattr(objective, "state_dict") else None
+
+
 class Trainer:
     """Trains a SequenceModel into a run directory; `Trainer(cfg, out).run()` or `Trainer.resume(out).run()`."""
 
@@ -179,7 +184,8 @@ class Trainer:
         return {"step": self.step, "model": self.backbone.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "noise": self.noise.get_state(),
                 "rng": rng_state(), "config": self.cfg.to_dict(),
-                "log_rows": self._logger.rows if self._logger else 0, "elapsed_s": self._elapsed()}
+                "log_rows": self._logger.rows if self._logger else 0, "elapsed_s": self._elapsed(),
+                "objective": _objective_state(self.model.family.objective)}
 
     def _elapsed(self) -> float:
         """Seconds of training so far, over every process that worked on this run."""
@@ -201,6 +207,10 @@ class Trainer:
                          "from a seed of (seed, step), so this run will not equal one that never moved")
                 self.noise.manual_seed(step_seed(self.cfg.train.seed, self.step, self.rank))
             set_rng_state(state["rng"])
+            objective = self.model.family.objective
+            if state.get("objective") is not None and hasattr(objective, "load_state_dict"):  # PUMA's chains
+                objective.load_state_dict({k: v.to(self.device) if torch.is_tensor(v) else v
+                                           for k, v in state["objective"].items()})
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # config.yaml edited to another model
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
             raise UserError(f"the checkpoint in {self.out}/checkpoints does not fit {self.out}/config.yaml "
