@@ -108,3 +108,31 @@ def test_training_a_skip_model_saves_its_lengths(tmp_path):
     c = again.length_counts
     # training records: tokens + <eos> = 3, 5, 8 (in some split): nothing else
     assert int(c.sum()) > 0 and set(torch.nonzero(c).flatten().tolist()) <= {3, 5, 8}
+
+
+def test_a_given_eos_fixes_the_length_of_a_skip_models_window():
+    """An infill layout (text <eos> <pad>..) sets the length itself: the backbone attends up to its <eos>."""
+    from ddlm.sampling.lengths import KeyPadded
+
+    model = _model()
+    tok = model.tokenizer
+    fixed = torch.full((1, L), tok.pad_id)
+    fixed[0, :3] = torch.tensor([0, 1, 2])
+    fixed[0, 6] = tok.eos_id  # 3..5 free (a span of 3)
+    given = torch.ones(1, L, dtype=torch.bool)
+    given[0, 3:6] = False
+    f, m, net = model._length_given(model.backbone, 2, L, fixed, given, None, torch.Generator())
+    assert isinstance(net, KeyPadded) and net.key_mask.sum(-1).tolist() == [7, 7]
+    assert torch.equal(f, fixed.expand(2, -1)) and torch.equal(m, given.expand(2, -1))
+    prompt_only = given & (torch.arange(L) < 3)  # no <eos> given and no max_length: a fixed-length sample
+    assert model._length_given(model.backbone, 2, L, fixed, prompt_only, None, torch.Generator())[2] is model.backbone
+
+
+def test_infill_pays_a_skip_models_length():
+    from ddlm.infill import _length_cost
+
+    model = _model()
+    model.length_counts = torch.bincount(torch.tensor([5] * 9 + [8]), minlength=L + 1)
+    cost = _length_cost(model, 3, [2, 5])  # records of 5 and 8 tokens
+    assert cost.tolist() == pytest.approx([-math.log((9 + 1 / L) / 11), -math.log((1 + 1 / L) / 11)])
+    assert _length_cost(_model("learn"), 3, [2, 5]).tolist() == [0.0, 0.0]

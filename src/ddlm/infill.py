@@ -141,7 +141,7 @@ def generate_infill(model, template: str, span_lengths=None, *, n: int = 1, seed
     if len(ks) > 1 and score == "marginal":  # the most likely length first, then n fills of that length
         layouts = [layout(segments, k, row_length, tok.eos_id, tok.pad_id) for k in ks]
         scores = marginal_scores(model, torch.stack([f for f, _ in layouts]), ~torch.stack([m for _, m in layouts]),
-                                 seed)
+                                 seed) + _length_cost(model, given, ks)
         best = int(scores.argmin())
         ks, nfe, row_evals = [ks[best]], len(layouts), len(layouts) * BOUND_DRAWS
     for j, k in enumerate(ks):
@@ -153,6 +153,7 @@ def generate_infill(model, template: str, span_lengths=None, *, n: int = 1, seed
     chosen = torch.zeros(n, dtype=torch.long)  # (n,) index into ks per sample
     if len(ks) > 1:
         scores, calls = bound_scores(model, tokens, seed, options.get("batch_size") or 64)
+        scores = scores + _length_cost(model, given, ks)[:, None]
         chosen = scores.argmin(0)  # (n,) the most likely length's index per sample
         nfe, row_evals = nfe + calls, row_evals + tokens.shape[0] * tokens.shape[1] * BOUND_DRAWS
     best = tokens[chosen, torch.arange(n)]  # (n, L)
@@ -246,6 +247,14 @@ def marginal_scores(model, rows: torch.Tensor, span: torch.Tensor, seed: int) ->
     return out
 
 
+def _length_cost(model, given: int, ks: list) -> torch.Tensor:
+    """-log p(n) (K,) of the record lengths n = given + k (tokens, <eos> included) of a data.padding=skip
+    model, whose bounds are given the length (sampling/lengths.py); zeros for the others, whose bounds hold it."""
+    if not model.draws_lengths() or ks == [None]:
+        return torch.zeros(len(ks), dtype=torch.float64)
+    return -torch.log(model.length_probs())[torch.tensor([given + k for k in ks])]
+
+
 def _learns_padding(model) -> bool:
     """Whether the model's loss counted <pad> (data.padding=learn, the default; stream models: no <pad>)."""
     from .data.record_data import learns_padding, uses_records
@@ -255,8 +264,8 @@ def _learns_padding(model) -> bool:
 
 def _as_trained(model, rows: torch.Tensor, learn: bool):
     """Rows (b, L) as the model was trained to score them (data/record_data.py): the whole row (learn), or a
-    Batch counting and attending to the record and its <eos> only (skip: a bound given the length, which
-    then ranks the candidates without the length's own cost, see the README)."""
+    Batch counting and attending to the record and its <eos> only (skip: a bound given the length, to which
+    generate_infill adds the length's cost under the training lengths, _length_cost)."""
     if learn or model.tokenizer.eos_id is None:
         return rows
     from .data.batches import Batch

@@ -311,21 +311,9 @@ class SequenceModel(torch.nn.Module):
                                        progress=progress, **opts) for p in prompts]
             return SampleOutput(torch.cat([r.tokens for r in rows]), sum(r.nfe for r in rows),
                                 sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
-        if eos is not None and length <= self.cfg.model.max_len and self.draws_lengths():
-            # a data.padding=skip model is p(x | n): n first, then <eos> and unattended <pad> (sampling/lengths.py)
-            from .sampling.lengths import KeyPadded, draw_lengths, length_window, min_lengths
-
-            if req.get("steer") is not None:
-                raise UserError("steering (labels, guidance, SVDD, SMC) is not built for a data.padding=skip model's "
-                                "drawn lengths; sample it without them, or train with data.padding=learn")
-            lengths = draw_lengths(self.length_probs(), n, length, min_lengths(n, fixed_mask), generator)
-            fixed, fixed_mask, keys = length_window(lengths, length, eos, self.tokenizer.pad_id,
-                                                    None if fixed is None else fixed.cpu(),
-                                                    None if fixed_mask is None else fixed_mask.cpu())
-            fixed, fixed_mask = fixed.to(self.device), fixed_mask.to(self.device)
-            tok = self.tokenizer  # a record holds none of its special tokens
-            banned = [i for i in (eos, tok.pad_id, getattr(tok, "bos_id", None)) if i is not None]
-            backbone = KeyPadded(backbone, keys.to(self.device), banned=banned)
+        if length <= self.cfg.model.max_len and self.draws_lengths():
+            fixed, fixed_mask, backbone = self._length_given(backbone, n, length, fixed, fixed_mask, eos, generator,
+                                                             steered=req.get("steer") is not None)
         capped = _decodes_positions(self.process) and not _revisits(opts)
 
         def window(n_, length_, fixed_, mask_, prefix=0):
@@ -348,6 +336,35 @@ class SequenceModel(torch.nn.Module):
         stride = req["stride"] or context // 2
         return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask,
                                 stop=None if eos is None else block_ended(eos))
+
+    def _length_given(self, backbone, n, length, fixed, fixed_mask, eos, generator, steered=False):
+        """A data.padding=skip model is p(x | n) (sampling/lengths.py): each row's length comes from a given
+        <eos> (an infill layout), else it is drawn from the training lengths (max_length: `eos` set), <eos>
+        and <pad> written after it; the backbone then never attends to the <pad> nor draws a special token.
+        Returns (fixed, fixed_mask, backbone), unchanged where neither applies (a fixed-length sample)."""
+        from .sampling.lengths import KeyPadded, draw_lengths, length_window, min_lengths
+        from .sampling.stops import first_end
+
+        tok = self.tokenizer
+        if fixed is not None and tok.eos_id is not None:
+            given_end = first_end(torch.where(fixed_mask.bool(), fixed, -1), (tok.eos_id,))  # (1 or n,)
+        else:
+            given_end = None
+        if given_end is not None and bool((given_end < length).all()):
+            lengths = (given_end + 1).expand(n).cpu()
+        elif eos is not None:
+            if steered:
+                raise UserError("steering (labels, guidance, SVDD, SMC) is not built for a data.padding=skip "
+                                "model's drawn lengths; sample it without them, or train with data.padding=learn")
+            lengths = draw_lengths(self.length_probs(), n, length, min_lengths(n, fixed_mask), generator)
+        else:
+            return fixed, fixed_mask, backbone
+        fixed, fixed_mask, keys = length_window(lengths, length, tok.eos_id, tok.pad_id,
+                                                None if fixed is None else fixed.cpu(),
+                                                None if fixed_mask is None else fixed_mask.cpu())
+        banned = [i for i in (tok.eos_id, tok.pad_id, getattr(tok, "bos_id", None)) if i is not None]
+        return (fixed.to(self.device), fixed_mask.to(self.device),
+                KeyPadded(backbone, keys.to(self.device), banned=banned))
 
     def _compiled_backbone(self):
         """torch.compile of the backbone, built on first use and kept outside the module tree (so it never
