@@ -7,9 +7,11 @@ QED of the valid molecules, the fraction with QED > 0.9, NFE. `train_qed_p75` is
 seeded random sample of the training set, the bar the issue sets for guided medians. Classifier-free guidance
 needs a labelled model: with --cond-model DIR (a model trained on a moses -qed4 kind, e.g. data.records=
 smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-q4) at guidance scales 1 and 3.
+The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the same
+seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
 
-    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--n 200] [--steps 64] [--m 4]
-        [--k 4] [--json]
+    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--n 200] [--steps 64]
+        [--m 4] [--k 4] [--json]
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="an mdlm molecules run or model directory")
     p.add_argument("--ar", help="an ar molecules model for the AR row")
+    p.add_argument("--drakes", help="a model fine-tuned by `ddlm finetune` for the drakes row")
     p.add_argument("--cond-model", help="a model trained on a moses -qed4 kind for the cfg-1 and cfg-3 rows")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=64)
@@ -110,6 +113,14 @@ def main(argv=None) -> int:
             o = cm.generate(**kw, cond=top, guidance=float(w))
             rows.append(row(f"cfg-{w}", texts_of(cm, o.tokens), o.nfe, o.row_evals, time.perf_counter() - t0,
                             train_set))
+    if a.drakes:  # DRAKES: the fine-tuned model sampled plainly
+        from ddlm.tasks.molecules.score import sampled_smiles
+
+        tuned = SequenceModel.from_pretrained(a.drakes)
+        t0 = time.perf_counter()
+        o = tuned.generate(**kw)
+        rows.append(row("drakes", sampled_smiles(tuned, o.tokens), o.nfe, o.row_evals, time.perf_counter() - t0,
+                        train_set))
     result = {"train_qed_p75": round(float(np.percentile(train_qed, 75)), 4), "n": a.n, "steps": a.steps,
               "svdd_candidates": a.m, "smc_particles": a.k, "smc_alpha": a.smc_alpha, "rows": rows}
     if a.json:

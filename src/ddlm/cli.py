@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_sudoku(sub)
     from .tasks.molecules.cli import register as register_molecules
     register_molecules(sub)
+    from .guidance.cli_finetune import register as register_finetune
+    register_finetune(sub)
     from .cli_plot import register as register_plot
     register_plot(sub)
     from .cli_serve import register as register_serve
