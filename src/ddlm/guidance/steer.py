@@ -125,7 +125,12 @@ class Steering:
 
 def texts_of(model, tokens: torch.Tensor) -> list[str]:
     """Decoded rows (N, L); a record (a tokenizer with <eos>) ends at its first <eos>: what follows is not
-    part of it."""
+    part of it. A molecules model's rows are read as SMILES (decoded from SELFIES where it was trained on
+    SELFIES records), which is what the molecule rewards score."""
+    if getattr(model.cfg.data, "source", None) == "moses":
+        from ..tasks.molecules.score import sampled_smiles
+
+        return sampled_smiles(model, tokens)
     eos = getattr(model.tokenizer, "eos_id", None)
     texts = []
     for row in tokens.cpu():
