@@ -99,11 +99,12 @@ def test_training_a_skip_model_saves_its_lengths(tmp_path):
 
     path = tmp_path / "lines.txt"
     path.write_text("ab\nabcd\nab\nabcdefg\n" * 8)
-    ov = ["process.name=mdlm", f"data.source={path}", "data.records=lines", "data.padding=skip",
+    ov = ["process.name=mdlm", f"data.source={path}", "data.records=lines",
           "data.tokenizer=char", f"model.max_len={L}", "train.max_steps=2", "train.threads=1",
           "train.eval_every=0", "train.ckpt_every=0", "data.val_fraction=0.25"]
     model = ddlm.fit(apply_overrides(load_preset("tiny"), ov), tmp_path / "run", progress=False)
     again = SequenceModel.from_pretrained(tmp_path / "run")
+    assert again.cfg.data.padding == "skip" and again.draws_lengths()  # the default: no data.padding given
     assert again.length_counts is not None and again.length_counts.tolist() == model.length_counts.tolist()
     c = again.length_counts
     # training records: tokens + <eos> = 3, 5, 8 (in some split): nothing else

@@ -124,7 +124,8 @@ def test_length_prior_is_the_smoothed_training_lengths():
 def test_train_records_lines_then_eval_prints_bpc_per_record(tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(["train", "--preset", "tiny", "--data", str(FIXTURE), "--records", "lines",
-                                    "--out", str(out), "--max-steps", "3", "--quiet", "train.threads=1"])
+                                    "--out", str(out), "--max-steps", "3", "--quiet", "train.threads=1",
+                                    "data.padding=learn"])
     assert code == 0, stderr
     model = SequenceModel.from_pretrained(out)
     assert model.tokenizer.eos_id is not None and model.cfg.data.records == "lines"
@@ -134,7 +135,7 @@ def test_train_records_lines_then_eval_prints_bpc_per_record(tmp_path):
     # 48 lines, every 20th to validation: lines 20 (32 characters: longer than the 31 of a block, skipped) and 40
     held_out = FIXTURE.read_text().splitlines()[39]
     assert m["report"]["n_skipped"] == 1 and m["n_records"] == 1 and m["n_chars"] == len(held_out) == 19
-    assert m["n_tokens"] == 32  # data.padding=learn (default): every position of the row is scored
+    assert m["n_tokens"] == 32  # data.padding=learn: every position of the row is scored
     assert m["bpc"] == pytest.approx(m["nll"] * m["n_tokens"] / math.log(2) / m["n_chars"])
     assert m["bpc_ci95"] == pytest.approx(m["ci95"] * m["n_tokens"] / math.log(2) / m["n_chars"])
     code, stdout, stderr = run_cli(["eval", str(out), "--t-samples", "2"])

@@ -77,7 +77,8 @@ def cmd_sample(args) -> int:
         sys.stdout.flush()
         nfe, row_evals, seconds = nfe + part.nfe, row_evals + part.row_evals, seconds + part.seconds
         length = part.tokens.shape[1]
-    each = f"{_plural(length, 'token')} each" if args.max_length is None else f"at most {args.max_length} tokens"
+    stops = args.max_length is not None or (args.length is None and not args.prompt and model.draws_lengths())
+    each = f"at most {args.max_length or length} tokens" if stops else f"{_plural(length, 'token')} each"
     print(f"--- {_plural(count, 'sample')}, {each}, NFE {nfe} "
           f"({_plural(row_evals, 'row evaluation')}), {seconds:.2f} s")
     return 0

@@ -97,8 +97,8 @@ class DataConfig:
     "none (one stream cut into blocks) or records, one per row: lines (a file), verses (kjv), speeches (shakespeare)"
     long_records: str = "skip"
     "records longer than a block: skip, cut (first tokens, no <eos>) or error"
-    padding: str = "learn"
-    "records (not ar): learn (<pad> after <eos> counts in the loss, attention sees it) or skip (both skip <pad>)"
+    padding: str = "skip"
+    "records (not ar): skip (the loss and attention skip <pad>; the default, measured better lengths) or learn (<pad> counts in the loss, LLaDA SFT)"
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ class SequenceModel(torch.nn.Module):
 
         max_length (a model trained on records, whose tokenizer has <eos>): texts of their own lengths, each cut
         at its first <eos> within max_length tokens (sampling.stops); `out.lengths` (n,) counts their tokens.
+        A data.padding=skip model (the records default) does this by itself when neither length, prompt nor fixed
+        is given: max_length is then its context, and each sample's length is drawn from the training lengths.
         infill: a text with [MASK] (a span of unknown length, tried at each of `span_lengths`, default 1..32,
         the length most likely under the model's bound kept) or [MASK:k] (k tokens); see ddlm.infill.
 
@@ -237,6 +239,11 @@ class SequenceModel(torch.nn.Module):
         _check_count(batch_size, "batch_size")
         if length is not None:
             _check_count(length, "length")
+        if (max_length is None and length is None and prompt is None and fixed is None
+                and self.draws_lengths()):
+            # a data.padding=skip model is p(x | n): a window of the full context without its <eos> would be a
+            # record of that one length, so by default each sample draws its own (texts of their own lengths)
+            max_length = self.cfg.model.max_len
         if max_length is not None:
             length = check_max_length(self.tokenizer, max_length, length)
         sc = self.cfg.sample
@@ -313,7 +320,8 @@ class SequenceModel(torch.nn.Module):
                                 sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
         if length <= self.cfg.model.max_len and self.draws_lengths():
             fixed, fixed_mask, backbone = self._length_given(backbone, n, length, fixed, fixed_mask, eos, generator,
-                                                             steered=req.get("steer") is not None)
+                                                             rewarded=getattr(req.get("steer"), "reward", None)
+                                                             is not None)
         capped = _decodes_positions(self.process) and not _revisits(opts)
 
         def window(n_, length_, fixed_, mask_, prefix=0):
@@ -337,7 +345,7 @@ class SequenceModel(torch.nn.Module):
         return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask,
                                 stop=None if eos is None else block_ended(eos))
 
-    def _length_given(self, backbone, n, length, fixed, fixed_mask, eos, generator, steered=False):
+    def _length_given(self, backbone, n, length, fixed, fixed_mask, eos, generator, rewarded=False):
         """A data.padding=skip model is p(x | n) (sampling/lengths.py): each row's length comes from a given
         <eos> (an infill layout), else it is drawn from the training lengths (max_length: `eos` set), <eos>
         and <pad> written after it; the backbone then never attends to the <pad> nor draws a special token.
@@ -353,9 +361,9 @@ class SequenceModel(torch.nn.Module):
         if given_end is not None and bool((given_end < length).all()):
             lengths = (given_end + 1).expand(n).cpu()
         elif eos is not None:
-            if steered:
-                raise UserError("steering (labels, guidance, SVDD, SMC) is not built for a data.padding=skip "
-                                "model's drawn lengths; sample it without them, or train with data.padding=learn")
+            if rewarded:  # SVDD's candidates and SMC's particles are extra rows the per-row key mask lacks
+                raise UserError("reward-guided decoding (SVDD, SMC) is not built for a data.padding=skip model's "
+                                "drawn lengths; give a fixed --length, or train with data.padding=learn")
             lengths = draw_lengths(self.length_probs(), n, length, min_lengths(n, fixed_mask), generator)
         else:
             return fixed, fixed_mask, backbone

@@ -7,7 +7,6 @@ every completion of puzzles with a few blanks.
 """
 
 import itertools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -179,11 +178,8 @@ def test_load_csv_header_spaces_blank_lines_and_limit(tmp_path):
 def test_load_csv_shared_files_whole(tmp_path):
     if not RRN.exists():
         pytest.skip(f"{RRN} not available")
-    t0 = time.perf_counter()
     P, S = load_csv(RRN)
-    elapsed = time.perf_counter() - t0
     assert P.shape == (18000, 81)
-    assert elapsed < 3.0, f"loading 18,000 lines took {elapsed:.2f} s"  # loose: about 0.1 s here
     counts = (P > 0).sum(axis=1)
     assert counts.min() == 17
 

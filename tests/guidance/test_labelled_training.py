@@ -9,13 +9,21 @@ import pytest
 import torch
 
 from cli_harness import run_cli
+from ddlm.errors import UserError
 from ddlm.pipeline import SequenceModel
 
 ALPHABET = {"down": "xy", "up": "ab"}  # each label's records use only its two letters
 
 
+TRAIN = ["--preset", "tiny", "--records", "labelled-lines", "--max-steps", "60", "--quiet", "train.threads=1",
+         "model.max_len=8", "model.n_layers=1", "model.d_model=32", "train.batch_size=16", "train.lr=3e-3",
+         "train.ema=0", "train.ckpt_every=0"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    # data.padding=learn, the padding the molecules preset steers with (SVDD and SMC need it); at 60 steps a
+    # skip model's null label still leans to one label (it balanced by ~1,500 steps here), a learn model's not
     tmp = tmp_path_factory.mktemp("labelled")
     rnd = random.Random(0)
     lines = []
@@ -26,10 +34,7 @@ def trained(tmp_path_factory):
     data.write_text("\n".join(lines) + "\n")
     out = tmp / "run"
     torch.set_num_threads(1)
-    code, _, stderr = run_cli(["train", "--preset", "tiny", "--data", str(data), "--records", "labelled-lines",
-                               "--out", str(out), "--max-steps", "60", "--quiet", "train.threads=1",
-                               "model.max_len=8", "model.n_layers=1", "model.d_model=32", "train.batch_size=16",
-                               "train.lr=3e-3", "train.ema=0", "train.ckpt_every=0"])
+    code, _, stderr = run_cli(["train", *TRAIN, "--data", str(data), "--out", str(out), "data.padding=learn"])
     assert code == 0, stderr
     return data, out
 
@@ -70,6 +75,24 @@ def test_ddlm_sample_takes_a_label_name_or_number(trained):
     code, _, stderr = run_cli(["sample", str(out), "--n", "2", "--cond", "sideways"])
     assert code == 2 and stderr.count("\n") == 1
     assert "unknown class label 'sideways'; this model's labels are one of down, up or a number" in stderr
+
+
+def test_a_skip_model_steers_its_drawn_lengths_by_label_and_guidance(trained, tmp_path):
+    data, _ = trained
+    out = tmp_path / "skip"
+    code, _, stderr = run_cli(["train", *TRAIN, "--data", str(data), "--out", str(out)])  # the default: skip
+    assert code == 0, stderr
+    model = SequenceModel.from_pretrained(out)
+    assert model.draws_lengths()
+    for label in ("down", "up"):
+        for w in (1.0, 2.0):  # the label alone, and guidance's second (null-label) pass under the same key mask
+            out_ = model.generate(n=40, steps=8, seed=1, cond=label, guidance=w)
+            assert out_.lengths is not None and own_fraction(out_.texts, label) > 0.9, (label, w, out_.texts)
+            # records of 3..6 letters: every drawn length is a training length (+ <eos>), nothing past it
+            assert all(3 <= len(t) <= 6 for t in out_.texts) and out_.lengths.tolist() == [len(t) for t in out_.texts]
+    with pytest.raises(UserError, match=r"reward-guided decoding \(SVDD, SMC\) is not built for a "
+                                        "data.padding=skip model's drawn lengths"):
+        model.generate(n=2, steps=4, reward=lambda texts: [0.0] * len(texts), svdd_candidates=2)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -62,6 +62,8 @@ class ClassifierFreeGuidance:
         x = state.x[rows]
         t = torch.full((len(rows),), float(self.time_of(state)), device=x.device)
         null = torch.full((len(rows),), NULL_LABEL, dtype=torch.long, device=x.device)
+        if hasattr(self.backbone, "select_rows"):  # a backbone with per-row state (a skip model's key mask)
+            self.backbone.select_rows(rows)
         uncond = self.process.log_probs(self.backbone(x, t, cond=null))  # (b, L, V)
         self.nfe += 1
         self.row_evals += len(rows)
