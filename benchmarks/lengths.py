@@ -3,13 +3,14 @@
     python benchmarks/lengths.py [--json] [--n 512] [--runs runs/lengths] [--max-steps 1000] [--threads 1]
                                  [--lines-only] [--lines-steps 400] [--infill-cost [--infill-n 4]]
 
-KJV verses: an MDLM and an AR model trained with the same budget (the quick preset, `--records verses`, the
-same steps, batch and seed), each in `RUNS-FAMILY`; a run directory without a model is trained first with
+KJV verses: three models trained with the same budget (the quick preset, `--records verses`, the same steps,
+batch and seed): MDLM with data.padding=learn in `RUNS-mdlm`, MDLM with data.padding=skip (the default) in
+`RUNS-mdlm-skip`, and AR in `RUNS-ar`; a run directory without a model is trained first with
 
-    ddlm train --preset quick --corpus kjv --records verses --process FAMILY --out RUNS-FAMILY \
-        --max-steps 1000 --quiet train.threads=1 train.eval_every=0 train.ckpt_every=250
+    ddlm train --preset quick --corpus kjv --records verses --process FAMILY --out RUNS-... \
+        --max-steps 1000 --quiet data.padding=PADDING train.threads=1 train.eval_every=0 train.ckpt_every=250
 
-(about 20 minutes per family on a busy 2-core CPU). Each model generates `--n` samples with
+(about 20-25 minutes per model on a busy 2-core CPU). Each model generates `--n` samples with
 `generate(max_length=context)` (they stop at <eos>), compared with the held-out verses that fit the
 context (the validation split the training left out, those a 128-token row holds):
 
@@ -29,8 +30,9 @@ are the file's own lines (in-sample: the file is all there is).
 lengths 1..32 (the marginal score and the fill-every-length score, ddlm/infill.py) against one infill of the
 known length [MASK:30], on the KJV MDLM.
 
---json prints one object: {"data": ..., "bin_width": ..., "rows": [{"family", "tv", "mean_length",
-"mean_held", "bpc", "n", "nfe", "seconds", "samples"}, ...], "lines": {the same for the fixture}}
+--json prints one object: {"data": ..., "bin_width": ..., "rows": [{"family", "padding", "tv", "tv_floor",
+"mean_length", "mean_held", "no_eos", "bpc", "bpc_ci95", "bpc_given_length", "length_bpc", "n", "nfe", "seconds",
+"samples"}, ...], "lines": {the same for the fixture}}
 (with --lines-only, the fixture's table is the top level).
 """
 
@@ -179,15 +181,17 @@ def infill_cost(args) -> dict:
 
     from ddlm.infill import generate_infill
 
-    model = kjv_model("mdlm", args.runs, args.max_steps)
     rows = []
-    for name, template, score in [("fixed [MASK:30]", INFILL[1], None), ("marginal 1:32", INFILL[0], "marginal"),
-                                  ("fill 1:32", INFILL[0], "fill")]:
-        start = time.perf_counter()
-        out = generate_infill(model, template, "1:32", n=args.infill_n, seed=args.seed, score=score)
-        rows.append({"method": name, "nfe": out.nfe, "seconds": round(time.perf_counter() - start, 2),
-                     "span_lengths": None if out.span_lengths is None else out.span_lengths.tolist(),
-                     "samples": out.texts})
+    for padding in ("skip", "learn"):  # a skip model's span lengths also pay -log p(n) (ddlm/infill.py)
+        model = kjv_model("mdlm", args.runs, args.max_steps, padding)
+        for name, template, score in [("fixed [MASK:30]", INFILL[1], None),
+                                      ("marginal 1:32", INFILL[0], "marginal"), ("fill 1:32", INFILL[0], "fill")]:
+            start = time.perf_counter()
+            out = generate_infill(model, template, "1:32", n=args.infill_n, seed=args.seed, score=score)
+            rows.append({"padding": padding, "method": name, "nfe": out.nfe,
+                         "seconds": round(time.perf_counter() - start, 2),
+                         "span_lengths": None if out.span_lengths is None else out.span_lengths.tolist(),
+                         "samples": out.texts})
     return {"template": INFILL[0], "n": args.infill_n, "rows": rows}
 
 
@@ -227,7 +231,8 @@ def main(argv=None) -> int:
             return 0
         print(f"infilling {cost['template']!r}, {cost['n']} samples:")
         for r in cost["rows"]:
-            print(f"  {r['method']:16} NFE {r['nfe']:5d}  {r['seconds']:7.1f} s  span lengths {r['span_lengths']}")
+            print(f"  {r['padding']:5} {r['method']:16} NFE {r['nfe']:5d}  {r['seconds']:7.1f} s  "
+                  f"span lengths {r['span_lengths']}")
             for t in r["samples"]:
                 print(f"      {t!r}")
         return 0
