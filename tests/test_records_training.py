@@ -166,7 +166,8 @@ def test_only_a_skip_model_pays_for_its_length_in_the_bound():
     from ddlm.eval.records import evaluate_records, length_nats_for
 
     models = {}
-    variants = (("learn", []), ("skip", ["data.padding=skip"]), ("ar", ["process.name=ar", "data.padding=skip"]))
+    variants = (("learn", ["data.padding=learn"]), ("skip", ["data.padding=skip"]),
+                ("ar", ["process.name=ar", "data.padding=skip"]))
     for name, extra in variants:
         cfg = tiny(f"data.source={FIXTURE}", "data.records=lines", *extra)
         tok, (train_tokens, train_mask), _, _ = prepare_record_data(cfg)

@@ -286,6 +286,8 @@ class SequenceModel(torch.nn.Module):
                 if fixed is not None and fixed.shape[0] > 1:  # one row per sample: this batch's rows
                     fixed, mask = fixed[start: start + b], mask[start: start + b]
                 out = self._sample_batch(backbone, b, req, fixed, mask, generator, progress)
+                if req["stops"] and req.get("steer") is None:  # records end within max_length (sampling/stops)
+                    self._redraw_unended(out, backbone, req, fixed, mask, generator, progress)
                 out.seed = req["seed"]
                 if req["stops"]:  # <pad> after each row's first <eos>; its length in tokens
                     tok = self.tokenizer
@@ -295,6 +297,26 @@ class SequenceModel(torch.nn.Module):
                 yield out
         finally:
             self.backbone.train(was_training)
+
+    def _redraw_unended(self, out, backbone, req, fixed, fixed_mask, generator, progress) -> None:
+        """Draw again, up to REDRAWS times, the rows of `out` with no end token within max_length, in place
+        (tokens, NFE, row evaluations, seconds): the rows become samples conditioned on ending in the window.
+        Steered runs keep their rows (their labels and particles belong to whole batches)."""
+        from .sampling.stops import REDRAWS, unended
+
+        tok = self.tokenizer
+        for _ in range(REDRAWS):
+            rows = unended(out.tokens, tok.eos_id, tok.pad_id).nonzero()[:, 0]  # (r,)
+            if len(rows) == 0:
+                return
+            f, m = fixed, fixed_mask
+            if f is not None and f.shape[0] > 1:  # one row per sample: those rows' own
+                f, m = f[rows.to(f.device)], m[rows.to(m.device)]
+            again = self._sample_batch(backbone, len(rows), req, f, m, generator, progress)
+            out.tokens[rows.to(out.tokens.device)] = again.tokens.to(out.tokens.device)
+            out.nfe += again.nfe
+            out.row_evals += again.row_evals
+            out.seconds += again.seconds
 
     def _sample_batch(self, backbone, n, req, fixed, fixed_mask, generator, progress) -> SampleOutput:
         """b samples: fixed / fixed_mask (1 or b, L) or None."""

@@ -113,6 +113,25 @@ def test_ar_stops_when_every_row_has_its_eos():
     assert out.lengths.tolist() == [2] * 8 and out.nfe == 3  # two tokens and <eos>: three calls of six
 
 
+def test_rows_that_do_not_end_within_max_length_are_drawn_again():
+    """Records of 1, 2 or 4 tokens (p 0.2, 0.3, 0.5) sampled within max_length=3: a 4-token record cannot end
+    there, so every row is drawn until it ends (up to REDRAWS more times): the returned records are the toy's
+    conditioned on length <= 2, {1: 0.4, 2: 0.6} (chi-square), and about 0.5^(1 + REDRAWS) of the rows are
+    still cut. (The redraw is the pipeline's, whatever the family; the toy's exact masked denoiser needs its
+    whole window, so AR's exact next-token model carries the test.)"""
+    from ddlm.sampling.stops import REDRAWS
+
+    toy = record_toy()
+    out = toy_model(toy, "ar").generate(n=2000, max_length=3, seed=0, batch_size=2000)
+    ended = (out.tokens == toy.eos_id).any(-1)
+    expected_cut = 0.5 ** (1 + REDRAWS)  # 0.031: 62 of 2000, sd ~8
+    assert abs(int((~ended).sum()) - 2000 * expected_cut) < 5 * (2000 * expected_cut) ** 0.5
+    assert (out.lengths[~ended] == 3).all()  # a row still unended is cut at max_length
+    stat, crit = length_chi_square(out.lengths[ended], {1: 0.4, 2: 0.6})
+    assert stat < crit, stat
+    assert out.nfe > 3  # the redraws' calls are counted: more than one draw's three
+
+
 def test_sliding_blocks_stop_once_every_row_has_produced_eos():
     """max_length beyond the context: every toy record ends within the first window, so no second window
     runs; the first window is the one a max_length of one context samples, token for token."""

@@ -15,6 +15,12 @@ with `max_length=N` decodes within N positions and returns each row up to its fi
 
 `cut_at_end` then writes <pad> after the first end token (<eos>, or <pad> where a model put one first),
 so no returned row holds an <eos> before real text, and counts each row's real tokens.
+
+A row that has no end token within the N positions is not a record of at most N tokens: it is drawn again,
+up to REDRAWS more times (`unended`; the redraws' network calls count in NFE), so the rows returned are the
+model's records conditioned on ending within N, as a data.padding=skip model's are by its drawn length
+n <= N. A row still unended after that is returned cut at N. (The training records of a row of N tokens all
+end within it; an undertrained model that runs past N has not yet learned that they stop.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+
+
+REDRAWS = 4  # extra draws of a row without an end token; a row with a 5% chance of running on ends ~1 in 3e6
+
+
+def unended(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """(B,) bool: rows of tokens (B, L) that hold no end token (<eos>, or <pad> where a model put one first)."""
+    return ~((tokens == eos_id) | (tokens == pad_id)).any(-1)
 
 
 def first_end(tokens: torch.Tensor, end_ids) -> torch.Tensor:
