@@ -157,7 +157,8 @@ class SequenceModel(torch.nn.Module):
         default.
 
         max_length (a model trained on records, whose tokenizer has <eos>): texts of their own lengths, each cut
-        at its first <eos> within max_length tokens (sampling.stops); `out.lengths` (n,) counts their tokens.
+        at its first <eos> within max_length tokens (sampling.stops); `out.lengths` (n,) counts their tokens. A
+        row with no <eos> within max_length is drawn again (up to sampling.stops.REDRAWS times, NFE counted).
         A data.padding=skip model (the records default) does this by itself when neither length, prompt nor fixed
         is given: max_length is then its context, and each sample's length is drawn from the training lengths.
         infill: a text with [MASK] (a span of unknown length, tried at each of `span_lengths`, default 1..32,
