@@ -228,7 +228,7 @@ class SequenceModel(torch.nn.Module):
             from .guidance.steer import Steering
 
             req["steer"] = Steering(self, req["n"], req["opts"], kv_cache=req["kv_cache"], stops=req["stops"],
-                                    **steer)
+                                    prompted=req["fixed"] is not None, **steer)
 
     def _request(self, n, length, steps, sampler, planner, temperature, prompt, fixed, fixed_mask, stride, seed,
                  batch_size, kv_cache, kv_refresh, decode, keep_all, planner_options=None, max_length=None) -> dict:

@@ -91,3 +91,56 @@ def test_bad_scales_are_one_line_errors(w):
     net, proc = build(V, L)
     with pytest.raises(UserError, match="guidance scale"):
         ClassifierFreeGuidance(net, proc, w)
+
+
+def test_prompt_guidance_samples_the_product_of_prompted_and_unprompted_marginals():
+    """Prompt guidance (no label): the conditional pass sees the prompt, the second pass sees it masked. One
+    step from all-MASK after a prompt at position 0 draws each free position from
+    p(x_l | x_0 = a)^w p(x_l)^(1-w) / Z_l, both exact marginals of the unconditional toy (chi-square)."""
+    from ddlm.guidance.steer import Steering
+
+    net, proc = build(V, L)
+    n, w, a = 20000, 2.0, 1
+
+    class Model:  # what Steering reads of a SequenceModel
+        family = type("F", (), {"causal": False, "sample": staticmethod(sample_masked)})()
+        process, tokenizer = proc, type("T", (), {"eos_id": None, "pad_id": None})()
+        cfg = type("C", (), {"model": type("M", (), {"n_classes": 0, "class_names": ()})()})()
+
+    steer = Steering(Model(), n, {"rule": "ancestral"}, guidance=w, prompted=True)
+    steer.begin(0, torch.Generator().manual_seed(5))
+    fixed = torch.tensor([[a, 0, 0]])
+    fixed_mask = torch.tensor([[True, False, False]])
+    g = torch.Generator().manual_seed(5)
+    out = steer.sample(lambda net_, rows, f, m, hooks: sample_masked(net_, proc, rows, L, 1, fixed=f, fixed_mask=m,
+                                                                    generator=g, hooks=hooks),
+                       net, n, fixed, fixed_mask)
+    assert (out.tokens[:, 0] == a).all() and out.nfe == 2  # one step, and the second (prompt-masked) pass
+    mask = torch.full((1, L), proc.mask_id)
+    prompted = mask.clone()
+    prompted[0, 0] = a
+    pu = net.mix.posterior_marginals(mask, proc.mask_id)[0]  # (L, V) without the prompt
+    pc = net.mix.posterior_marginals(prompted, proc.mask_id)[0]  # (L, V) given x_0 = a
+    q = pc ** w * pu ** (1 - w)
+    q = q / q.sum(-1, keepdim=True)
+    for pos in (1, 2):
+        counts = torch.bincount(out.tokens[:, pos], minlength=V).double()
+        expected = q[pos].double() * n
+        stat = float(((counts - expected) ** 2 / expected).sum())
+        assert stat < 13.82, (pos, stat)  # chi-square, 2 degrees of freedom, 0.1%
+        plain = pc[pos].double() * n  # and not the prompted marginal itself (w = 1)
+        assert float(((counts - plain) ** 2 / plain).sum()) > 13.82
+
+
+def test_guidance_without_a_label_needs_a_prompt():
+    from ddlm.guidance.steer import Steering
+
+    net, proc = build(V, L)
+
+    class Model:
+        family = type("F", (), {"causal": False, "sample": staticmethod(sample_masked)})()
+        process = proc
+        cfg = type("C", (), {"model": type("M", (), {"n_classes": 0, "class_names": ()})()})()
+
+    with pytest.raises(UserError, match="a class label .* or a prompt"):
+        Steering(Model(), 4, {"rule": "ancestral"}, guidance=2.0)

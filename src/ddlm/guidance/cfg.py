@@ -3,7 +3,11 @@
     log p_w(x_0 | x_t, c) = log_softmax( log p(x_0 | x_t) + w * (log p(x_0 | x_t, c) - log p(x_0 | x_t)) )
 
 per position, over the V tokens: w = 0 is the unconditional model, w = 1 the conditional one, w > 1 sharpens
-towards the label (the product of experts p(x_0 | x_t)^(1-w) p(x_0 | x_t, c)^w, renormalised). Ho & Salimans
+towards the label (the product of experts p(x_0 | x_t)^(1-w) p(x_0 | x_t, c)^w, renormalised).
+
+Prompt guidance is the same formula with the prompt as the condition: the conditional pass is the sampler's
+own (it sees the prompt), the unconditional pass sees the prompt's positions masked (`hide`), so w > 1 pulls
+the continuation towards what the prompt makes likelier than it is without it. Ho & Salimans
 2022 ("Classifier-Free Diffusion Guidance") for the idea; Nisonoff et al. 2024 ("Unlocking Guidance for
 Discrete State-Space Diffusion and Flow Models") and Schiff et al. 2024 ("Simple Guidance Mechanisms for
 Discrete Diffusion Models") for guidance in the log-probabilities of discrete diffusion's denoiser.
@@ -47,9 +51,12 @@ class ClassifierFreeGuidance:
     time the network sees (the masked rules' state.t). NFE: `nfe` and `row_evals` count the extra calls
     (the caller adds them to the run's)."""
 
-    def __init__(self, backbone, process, w: float, time_of=None):
+    def __init__(self, backbone, process, w: float, time_of=None, hide: torch.Tensor | None = None):
+        """hide (1 or B, L) bool: prompt guidance, the positions the unconditional pass sees as [MASK] (the
+        process's mask_id), with no label; None: the unconditional pass is the null label's."""
         self.backbone, self.process, self.w = backbone, process, check_scale(w)
         self.time_of = time_of or (lambda state: state.t)
+        self.hide = hide
         self.nfe = self.row_evals = 0
 
     @torch.no_grad()
@@ -61,10 +68,15 @@ class ClassifierFreeGuidance:
             return logp
         x = state.x[rows]
         t = torch.full((len(rows),), float(self.time_of(state)), device=x.device)
-        null = torch.full((len(rows),), NULL_LABEL, dtype=torch.long, device=x.device)
         if hasattr(self.backbone, "select_rows"):  # a backbone with per-row state (a skip model's key mask)
             self.backbone.select_rows(rows)
-        uncond = self.process.log_probs(self.backbone(x, t, cond=null))  # (b, L, V)
+        if self.hide is None:
+            null = torch.full((len(rows),), NULL_LABEL, dtype=torch.long, device=x.device)
+            uncond = self.process.log_probs(self.backbone(x, t, cond=null))  # (b, L, V)
+        else:  # the prompt unseen
+            hide = self.hide.to(x.device).expand(state.x.shape[0], -1)[rows]  # (b, L)
+            x = torch.where(hide, torch.full_like(x, self.process.mask_id), x)
+            uncond = self.process.log_probs(self.backbone(x, t))
         self.nfe += 1
         self.row_evals += len(rows)
         out = logp.clone()

@@ -23,7 +23,8 @@ def add_arguments(s) -> None:
     g.add_argument("--cond", type=_label, metavar="LABEL", help="class label of every sample: a label name of "
                    "labelled training data (e.g. qed-q4) or its number 0..n_classes-1 (-1 = unconditional)")
     g.add_argument("--guidance", type=_float, metavar="W", help="classifier-free guidance scale with --cond: 0 "
-                   "unconditional, 1 conditional, > 1 stronger (two network calls per step)")
+                   "unconditional, 1 conditional, > 1 stronger (two network calls per step); without --cond, "
+                   "prompt guidance towards --prompt (the second pass sees the prompt masked)")
     g.add_argument("--reward", metavar="NAME", help=f"reward of the decoded samples for --svdd / --smc: "
                    f"{', '.join(reward_names())} (molecules, RDKit) or module:function (a list of texts -> numbers)")
     g.add_argument("--svdd", type=_positive_int, metavar="M", help="SVDD: M candidates per step, the one whose "

@@ -33,7 +33,8 @@ class Steering:
     """A checked steering request for n samples of `model` (a SequenceModel) sampled with options `opts`."""
 
     def __init__(self, model, n: int, opts: dict, *, cond=None, guidance=None, reward=None, svdd_candidates=None,
-                 svdd_alpha=None, smc_particles=None, smc_alpha=None, kv_cache: bool = False, stops: bool = False):
+                 svdd_alpha=None, smc_particles=None, smc_alpha=None, kv_cache: bool = False, stops: bool = False,
+                 prompted: bool = False):
         from ..sampling.d3pm import sample_d3pm
         from ..sampling.loop import sample_masked
         from .rewards import resolve_reward
@@ -41,9 +42,15 @@ class Steering:
         self.model, self.family = model, model.family
         self.labels = None if cond is None else check_labels(cond, n, model.cfg.model.n_classes,
                                                              model.cfg.model.class_names)
-        if guidance is not None and self.labels is None:
-            raise UserError("guidance needs a class label to guide towards; add cond=LABEL (--cond LABEL)")
         self.w = None if guidance is None else check_scale(guidance)
+        # guidance without a label guides towards the prompt: the unconditional pass sees it masked
+        self.prompt_guided = guidance is not None and self.labels is None
+        if self.prompt_guided and not prompted:
+            raise UserError("guidance needs something to guide towards: a class label (cond=LABEL, --cond LABEL) "
+                            "or a prompt (prompt=TEXT, --prompt TEXT: prompt guidance)")
+        if self.prompt_guided and (self.family.causal or getattr(model.process, "mask_id", None) is None):
+            raise UserError("prompt guidance masks the prompt in its second pass: it needs a family with a "
+                            "[MASK] token (mdlm, d3pm-absorbing, rdm-absorbing)")
         self.M = None if svdd_candidates is None else _count(svdd_candidates, "svdd_candidates (--svdd)")
         self.K = None if smc_particles is None else _count(smc_particles, "smc_particles (--smc)")
         self.svdd_alpha = check_alpha(SVDD_ALPHA if svdd_alpha is None else svdd_alpha, "svdd_alpha")
@@ -81,7 +88,7 @@ class Steering:
 
     @property
     def active(self) -> bool:
-        return self.labels is not None or self.reward is not None
+        return self.labels is not None or self.reward is not None or self.prompt_guided
 
     def begin(self, start: int, generator) -> None:
         """The next windows sample the batch whose first sample is `start`, with the run's generator."""
@@ -101,6 +108,16 @@ class Steering:
             net = Conditioned(backbone, labels)
             if self.w is not None and self.w != 1.0:
                 cfg = ClassifierFreeGuidance(backbone, self.model.process, self.w, self.time_of)
+                hooks.logits_transform = cfg
+                extras.append(cfg)
+        if self.prompt_guided and self.w != 1.0:  # w = 1: the prompted sampler as it is
+            hide = None
+            if fixed_mask is not None:  # the prompt: given positions, not the <eos>/<pad> of a record's layout
+                tok = self.model.tokenizer
+                ends = [i for i in (getattr(tok, "eos_id", None), getattr(tok, "pad_id", None)) if i is not None]
+                hide = fixed_mask.bool() & ~torch.isin(fixed, torch.tensor(ends, device=fixed.device))
+            if hide is not None:  # (1 or rows, L): fixed was repeated for K particles above
+                cfg = ClassifierFreeGuidance(backbone, self.model.process, self.w, self.time_of, hide=hide)
                 hooks.logits_transform = cfg
                 extras.append(cfg)
         smc = None
