@@ -5,7 +5,7 @@
 Each run (default: runs/molecules-{mdlm,ar,mdlm-char,mdlm-selfies} where they exist, trained with `ddlm train
 --preset molecules [--process ar | --tokenizer char | --records selfies-100k]`) samples --n molecules with --seed and
 is scored by `ddlm.tasks.molecules.score` against the same references: novelty against the 1.58M MOSES training
-SMILES, FCD against 5,000 random MOSES test molecules (seed 0). Two reference rows frame them:
+SMILES, FCD, SNN, Frag and Scaf against 5,000 random MOSES test molecules (seed 0). Two reference rows frame them:
 
     moses-train   --n random training molecules (seed 1): what a model that reproduces the training
                   distribution scores at this sample size (novelty 0 by construction; its FCD is the floor
@@ -13,10 +13,10 @@ SMILES, FCD against 5,000 random MOSES test molecules (seed 0). Two reference ro
     charrnn-paper the MOSES paper's CharRNN (Polykovskiy et al. 2020, Table 2; 30,000 samples, FCD against
                   the whole test set, far more compute): an external anchor, not measured here
 
-With --json it prints one object: {"n", "seed", "fcd_ref", "rows": [{"label", "family", "tokenizer",
-"validity", "unique@1000", "unique@10000", "unique@10000_on", "novelty", "int_div", "fcd", "qed_mean",
-"sa_mean", "nfe" (network calls in all), "nfe_per_sample" (calls each sample went through: nfe / batches),
-"seconds_per_molecule", ...}]}.
+With --json it prints one object: {"n", "seed", "fcd_ref", "test_ref", "rows": [{"label", "family", "tokenizer",
+"validity", "unique@1000", "unique@10000", "unique@10000_on", "novelty", "int_div", "fcd", "snn", "frag",
+"scaf", "qed_mean", "sa_mean", "nfe" (network calls in all), "nfe_per_sample" (calls each sample went through:
+nfe / batches), "seconds_per_molecule", ...}]}.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ import torch
 
 CHARRNN = {"label": "charrnn-paper", "family": "ar (LSTM)", "tokenizer": "char", "validity": 0.975,
            "unique@1000": 1.0, "unique@10000": 0.999, "unique@10000_on": 10000, "novelty": 0.842, "int_div": 0.856,
-           "fcd": 0.073, "source": "MOSES paper, Table 2 (Polykovskiy et al. 2020)"}
+           "fcd": 0.073, "snn": 0.6015, "frag": 0.9998, "scaf": 0.9242,
+           "source": "MOSES paper, Table 2 (Polykovskiy et al. 2020)"}
 DEFAULT_RUNS = ("mdlm=runs/molecules-mdlm", "ar=runs/molecules-ar", "mdlm-char=runs/molecules-mdlm-char",
                 "mdlm-selfies=runs/molecules-mdlm-selfies")
 COLUMNS = (("validity", "valid"), ("unique@1000", "uniq@1k"), ("unique@10000", "uniq@10k"), ("novelty", "novel"),
-           ("int_div", "IntDiv"), ("fcd", "FCD/Test"), ("qed_mean", "QED"), ("sa_mean", "SA"))
+           ("int_div", "IntDiv"), ("fcd", "FCD/Test"), ("snn", "SNN"), ("frag", "Frag"),
+           ("scaf", "Scaf"), ("qed_mean", "QED"), ("sa_mean", "SA"))
 
 
 def _runs(given: list[str] | None) -> list[tuple[str, Path]]:
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     from ddlm.tasks.molecules.score import references, score_smiles
 
     fcd = not args.no_fcd and fcd_available()
-    refs = references(fcd=fcd)
+    refs = references()
     rows = []
     for label, path in _runs(args.run):
         rows.append(measure_run(label, path, args.n, args.seed, refs, fcd, args.batch_size))
@@ -98,11 +100,12 @@ def main(argv=None) -> int:
                  seconds_per_molecule=None)
     rows += [floor, CHARRNN]
     if args.json:
-        print(json.dumps({"n": args.n, "seed": args.seed, "fcd_ref": len(refs[1]) if refs[1] else None,
-                          "rows": rows}))
+        print(json.dumps({"n": args.n, "seed": args.seed, "fcd_ref": len(refs[1]) if fcd else None,
+                          "test_ref": len(refs[1]), "rows": rows}))
         return 0
-    print(f"{args.n} samples per model (seed {args.seed}); novelty vs 1.58M MOSES training SMILES; FCD vs "
-          f"{len(refs[1]) if refs[1] else 0} random test molecules; charrnn-paper: 30k samples, whole test set")
+    print(f"{args.n} samples per model (seed {args.seed}); novelty vs 1.58M MOSES training SMILES; "
+          f"{'FCD, ' if fcd else ''}SNN, Frag, Scaf vs {len(refs[1])} random test molecules; charrnn-paper: "
+          "30k samples, whole test set")
     head = f"{'model':14s} {'tok':6s} " + " ".join(f"{h:>8s}" for _, h in COLUMNS) + f" {'NFE':>6s} {'s/mol':>7s}"
     print(head)
     for r in rows:

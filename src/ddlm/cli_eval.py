@@ -14,7 +14,7 @@ EVAL_THREADS = 1  # measured like SAMPLE_THREADS (README): one thread is the fas
 TASKS_HELP = {"text": "likelihood on the validation split",
               "sudoku": "solve rate on a puzzle CSV (--data; default: the 20 example puzzles shipped with ddlm)",
               "molecules": "sample --samples molecules (default 1000) and print validity, uniqueness, novelty, "
-                           "IntDiv, FCD/Test and property means (RDKit; MOSES references)"}
+                           "IntDiv, FCD/SNN/Frag/Scaf against Test and property means (RDKit; MOSES references)"}
 
 
 def cmd_eval(args) -> int:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections import Counter
 
 import pytest
 
@@ -221,6 +222,92 @@ def test_internal_diversity_follows_the_moses_definition(rd):
     assert rd.internal_diversity(mols, p=2) == pytest.approx(1 - (sum(s * s for s in sims) / 25) ** 0.5, abs=1e-12)
     s01 = DataStructs.TanimotoSimilarity(fps[0], fps[1])
     assert rd.internal_diversity(mols[:2]) == pytest.approx((1 - s01) / 2, abs=1e-12)
+
+
+def test_snn_is_the_mean_nearest_neighbour_tanimoto(rd):
+    from rdkit import DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    def snn(gen, ref):
+        return rd.molecule_metrics(gen, test_sample=ref, with_properties=False, with_fcd=False)["snn"]
+
+    drugs = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "c1ccc2ccccc2c1"]
+    assert snn(drugs, drugs) == 1.0  # every molecule is its own nearest neighbour
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    fp = {s: gen.GetFingerprint(rd.to_mol(s)) for s in drugs}
+    # one pair: exactly RDKit's Tanimoto of the two fingerprints
+    assert snn(["CCO"], ["c1ccccc1O"]) == pytest.approx(DataStructs.TanimotoSimilarity(fp["CCO"], fp["c1ccccc1O"]),
+                                                       abs=1e-12)
+    # two against three: the mean of each generated molecule's best match; invalid samples do not count
+    ref = drugs[2:]
+    best = [max(DataStructs.BulkTanimotoSimilarity(fp[g], [fp[r] for r in ref])) for g in drugs[:2]]
+    assert snn(drugs[:2] + ["C1CC", ""], ref) == pytest.approx(sum(best) / 2, abs=1e-12)
+    fps, ref_fps = rd.fingerprints([rd.to_mol(s) for s in drugs[:2]]), rd.fingerprints([rd.to_mol(s) for s in ref])
+    assert rd.nearest_neighbour_similarity(fps, ref_fps, chunk=1) == pytest.approx(sum(best) / 2, abs=1e-12)
+
+
+def test_frag_and_scaf_are_cosines_of_fragment_and_scaffold_counts(rd):
+    def sims(gen, ref):
+        m = rd.molecule_metrics(gen, test_sample=ref, with_properties=False, with_fcd=False)
+        return m["frag"], m["scaf"]
+
+    drugs = ["CCOC(=O)c1ccccc1", "CC(=O)Nc1ccc(O)cc1", "c1ccc2ccccc2c1", "c1ccccc1Cc1ccccc1", "CCN(CC)CC"]
+    assert sims(drugs, drugs) == (1.0, 1.0)
+    assert sims(drugs, list(reversed(drugs))) == (1.0, 1.0)  # counts, not order
+    # scaffolds benzene, pyridine against cyclohexane, naphthalene; no BRICS fragment in common either
+    assert sims(["CCc1ccccc1", "Cc1ccncc1"], ["CC1CCCCC1", "c1ccc2ccccc2c1"]) == (0.0, 0.0)
+    # by hand: BRICS fragments (BRICSDecompose) of
+    #   G: CCOC(=O)c1ccccc1 -> [1*]C([6*])=O [16*]c1ccccc1 [3*]O[3*] [4*]CC; CCc1ccccc1 -> [16*]c1ccccc1 [8*]CC;
+    #      CCN(CC)CC -> [4*]CC [5*]N([5*])[5*]          counts (phenyl 2, [4*]CC 2, four others 1): |G|^2 = 12
+    #   R: c1ccccc1Cc1ccccc1 -> [16*]c1ccccc1 [8*]C[8*] (two phenyls, counted once: one molecule);
+    #      CCN(CC)CC -> [4*]CC [5*]N([5*])[5*]; Cc1ccccc1 -> itself   all counts 1: |R|^2 = 5
+    #   dot = 2 (phenyl) + 2 ([4*]CC) + 1 (amine) = 5
+    # scaffolds: G benzene x2 (the amine is acyclic: left out); R diphenylmethane, benzene -> 2 / (2 sqrt 2)
+    frag, scaf = sims(["CCOC(=O)c1ccccc1", "CCc1ccccc1", "CCN(CC)CC"],
+                      ["c1ccccc1Cc1ccccc1", "CCN(CC)CC", "Cc1ccccc1"])
+    assert frag == pytest.approx(5 / 60**0.5, abs=1e-12)
+    assert scaf == pytest.approx(2**-0.5, abs=1e-12)
+    assert rd.scaffold(rd.to_mol("O=C(C)c1ccccc1")) == "c1ccccc1"  # the acetyl's carbonyl is not on the ring
+    assert rd.scaffold(rd.to_mol("CC1=CC(=O)CC1")) == "O=C1C=CCC1"  # a carbonyl on a ring belongs to it
+    # acyclic molecules have no scaffold: 0 against a reference with scaffolds, None when neither has one
+    assert sims(["CCO", "CCN(CC)CC"], drugs)[1] == 0.0
+    assert sims(["CCO", "CCN(CC)CC"], ["CCCCO"])[1] is None
+    assert rd.cosine_similarity(Counter({"a": 1, "b": 2}), Counter({"a": 2, "b": 4})) == pytest.approx(1.0)
+
+
+def test_reference_similarity_fields_are_none_with_nothing_to_compare(rd):
+    m = rd.molecule_metrics(["CCO", "c1ccccc1"], with_properties=False)
+    assert (m["snn"], m["frag"], m["scaf"]) == (None, None, None)  # no reference
+    m = rd.molecule_metrics(["C1CC", ""], test_sample=["CCO"], with_properties=False, with_fcd=False)
+    assert (m["snn"], m["frag"], m["scaf"]) == (None, None, None)  # no valid sample
+    json.dumps(m)
+
+
+def test_reference_counts_are_kept_on_disk(rd, monkeypatch, tmp_path):
+    monkeypatch.setenv("DDLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(rd, "REF_CACHE_MIN", 1)
+    ref = ("CCOC(=O)c1ccccc1", "c1ccccc1Cc1ccccc1", "CCN(CC)CC")
+    rd.reference_stats.cache_clear()
+    try:
+        first = rd.reference_stats(ref)
+        (path,) = tmp_path.glob("reference-frag-scaf-*.json")
+        rd.reference_stats.cache_clear()
+
+        def no_brics(mols):
+            raise AssertionError("the counts should come from the disk")
+
+        monkeypatch.setattr(rd, "fragment_counts", no_brics)
+        again = rd.reference_stats(ref)
+        assert again["frag"] == first["frag"] and again["scaf"] == first["scaf"] and again["frag"]["[4*]CC"] == 2
+        monkeypatch.undo()
+        monkeypatch.setenv("DDLM_CACHE", str(tmp_path))
+        monkeypatch.setattr(rd, "REF_CACHE_MIN", 1)
+        path.write_text("{not json")  # a damaged file is computed again and replaced
+        rd.reference_stats.cache_clear()
+        assert rd.reference_stats(ref)["frag"] == first["frag"]
+        assert json.loads(path.read_text())["scaf"] == {"c1ccccc1": 1, "c1ccc(Cc2ccccc2)cc1": 1}
+    finally:
+        rd.reference_stats.cache_clear()
 
 
 def test_missing_rdkit_is_one_line_with_the_install_command(rd, monkeypatch):

@@ -68,10 +68,25 @@ def test_score_smiles_exact_values(small_refs):
     assert m["unique@1000"] == 3 / 5 and m["unique@1000_on"] == 5 and m["unique@10000_on"] == 5
     assert m["novelty"] == 2 / 3  # of the 3 distinct valid (CCO, benzene, Cl), CCO is in training
     assert m["fcd"] is None and m["fcd_ref"] is None and m["fcd_note"] == "not asked for"
+    assert m["snn"] is None and m["frag"] is None and m["scaf"] is None and m["test_ref"] is None  # no reference
     same = score.score_smiles(["CCO", "OCC", "C(O)C"], fcd=False)
     assert same["int_div"] == 0.0 and same["uniqueness"] == 1 / 3  # one molecule written three ways
     with pytest.raises(UserError, match="no samples"):
         score.score_smiles([], fcd=False)
+
+
+@needs_rdkit
+def test_score_smiles_reference_similarity_without_fcd():
+    # --no-fcd skips FCD only: SNN, Frag and Scaf are measured against the same test reference
+    m = score.score_smiles(SAMPLES, fcd=False, refs=(TRAIN, ["CCO", "c1ccccc1"]))
+    assert m["fcd"] is None and m["fcd_note"] == "not asked for" and m["test_ref"] == 2
+    # valid: CCO x3 and benzene (their own nearest neighbours, 1) and Cl (no bit shared with either, 0)
+    assert m["snn"] == pytest.approx(4 / 5, abs=1e-12)
+    # none has a BRICS bond, so each is its own fragment: {CCO: 3, benzene: 1, Cl: 1} . {CCO: 1, benzene: 1}
+    assert m["frag"] == pytest.approx(4 / 22**0.5, abs=1e-12)
+    assert m["scaf"] == 1.0  # benzene on both sides; CCO and Cl are acyclic
+    text = score.format_report(m, "gen.smi")
+    assert "SNN/Test     0.800  Frag/Test 0.853  Scaf/Test 1.000 (against 2 random MOSES test molecules)" in text
 
 
 @needs_rdkit
@@ -85,6 +100,7 @@ def test_cli_score_json_and_text(tmp_path, capsys, small_refs):
     text = capsys.readouterr().out
     assert "validity     0.625" in text and "(on 5 valid, fewer than 1000)" in text
     assert "novelty      0.667" in text
+    assert "SNN/Test     n/a  Frag/Test n/a  Scaf/Test n/a (no reference)" in text
 
 
 def test_cli_score_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -40,7 +40,7 @@ def cmd_score(args) -> int:
 
 def eval_molecules(model, args) -> int:
     """`ddlm eval DIR --task molecules`: sample --samples molecules (default EVAL_SAMPLES) and score them."""
-    from .metrics import _rdkit, fcd_available
+    from .metrics import _rdkit
     from .score import references, sampled_smiles, score_smiles
 
     tok = model.tokenizer
@@ -49,8 +49,7 @@ def eval_molecules(model, args) -> int:
                         "train it with `ddlm train --preset molecules`")
     n = args.samples or EVAL_SAMPLES
     _rdkit()  # RDKit and the MOSES references before sampling: a missing package fails at once, in one line
-    fcd = not args.no_fcd and fcd_available()
-    refs = references(fcd=fcd)  # the same reference (seed 0) whatever the sampling seed
+    refs = references()  # the same reference (seed 0) whatever the sampling seed
     length = model.cfg.model.max_len
     start = time.perf_counter()
     # max_length: each row stops at its first <eos> (AR rows stop early, saving network calls)
@@ -84,12 +83,12 @@ def register(sub) -> None:
     m = sub.add_parser("molecules", help="the MOSES molecules task: score a file of SMILES")
     msub = m.add_subparsers(dest="molecules_command", parser_class=_Parser, metavar="COMMAND")
     msub.required = True
-    s = msub.add_parser("score", help="validity, uniqueness, novelty, IntDiv, FCD/Test and property means of a "
-                        "file of SMILES (one per line; needs RDKit: pip install 'ddlm[molecules]')")
+    s = msub.add_parser("score", help="validity, uniqueness, novelty, IntDiv, FCD/SNN/Frag/Scaf against Test and "
+                        "property means of a file of SMILES (one per line; needs RDKit: pip install 'ddlm[molecules]')")
     s.add_argument("file", metavar="FILE", help="SMILES, one per line (first field; a MOSES csv works too)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--no-fcd", action="store_true", help="skip FCD (about 20 s per 5,000 molecules)")
-    s.add_argument("--seed", type=_seed, default=0, help="seed of the random MOSES test sample FCD is measured "
-                   "against (default 0)")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of the random MOSES test sample FCD, SNN, Frag "
+                   "and Scaf are measured against (default 0)")
     _add_threads(s, 1)
     s.set_defaults(func=cmd_score)

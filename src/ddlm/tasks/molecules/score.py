@@ -1,10 +1,11 @@
 """Scoring generated molecules against MOSES: the references (training set for novelty, a random test
-sample for FCD), reading a SMILES file, cutting sampled token rows into molecules, and the report.
+sample for FCD, SNN, Frag and Scaf), reading a SMILES file, cutting sampled token rows into molecules, and the
+report.
 
 `score_smiles(samples)` is what `ddlm molecules score FILE` and `ddlm eval DIR --task molecules` print:
 `metrics.molecule_metrics` with the MOSES training set as the novelty reference and `FCD_REF` random test
-molecules (seeded: the test file is not shuffled) as the FCD reference, plus how many valid samples each
-unique@k was computed on (fewer than k when n is small; MOSES warns in that case, we say it).
+molecules (seeded: the test file is not shuffled) as the reference of FCD, SNN, Frag and Scaf, plus how many
+valid samples each unique@k was computed on (fewer than k when n is small; MOSES warns in that case, we say it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from ddlm.errors import UserError
 
 FCD_REF = 5000
-"random MOSES test molecules FCD is measured against (FCD falls with the sample size; see the README floor)"
+("random MOSES test molecules FCD, SNN, Frag and Scaf are measured against (all four depend on its size: SNN rises "
+ "with more neighbours to find, FCD falls; see the README floor)")
 
 
 def read_smiles_file(path) -> list[str]:
@@ -66,8 +68,8 @@ def sampled_smiles(model, tokens) -> list[str]:
     return to_smiles(strings) if is_selfies(model.cfg.data) else strings
 
 
-def references(fcd: bool = True, seed: int = 0, n_ref: int = FCD_REF) -> tuple[set, list | None]:
-    """(training SMILES as a set, `n_ref` random test SMILES or None when fcd=False).
+def references(seed: int = 0, n_ref: int = FCD_REF) -> tuple[set, list]:
+    """(training SMILES as a set, `n_ref` random test SMILES drawn with `seed`).
 
     The set is the file's SMILES as written: MOSES stores canonical SMILES, and 2 in 10,000 differ from
     current RDKit's canonical form (README), so novelty is exact to about 1e-4.
@@ -75,14 +77,15 @@ def references(fcd: bool = True, seed: int = 0, n_ref: int = FCD_REF) -> tuple[s
     from .data import load_sample, load_smiles
 
     train = set(load_smiles("train"))
-    return train, (load_sample("test", n_ref, seed) if fcd else None)
+    return train, load_sample("test", n_ref, seed)
 
 
 def score_smiles(samples, fcd: bool = True, seed: int = 0, n_ref: int = FCD_REF, refs=None) -> dict:
     """The MOSES-style metrics of `samples` (see metrics.molecule_metrics) against the MOSES references.
 
     Adds `unique@K_on` (valid samples unique@K was computed on: min(K, n_valid)), `fcd_ref` (the size of
-    the FCD reference, or None when FCD was not computed and why in `fcd_note`).
+    the FCD reference, or None when FCD was not computed and why in `fcd_note`), `test_ref` (the size of the
+    SNN/Frag/Scaf reference, computed whatever `fcd` says; None without a test sample).
     refs: (train_set, test_sample) from `references` to reuse across calls.
     """
     from .metrics import UNIQUE_AT, fcd_available, molecule_metrics
@@ -90,11 +93,12 @@ def score_smiles(samples, fcd: bool = True, seed: int = 0, n_ref: int = FCD_REF,
     samples = list(samples)
     if not samples:
         raise UserError("there are no samples to score; give at least one SMILES")
-    train, test = refs if refs is not None else references(fcd and fcd_available(), seed, n_ref)
-    m = molecule_metrics(samples, train_set=train, test_sample=test if fcd else None)
+    train, test = refs if refs is not None else references(seed=seed, n_ref=n_ref)
+    m = molecule_metrics(samples, train_set=train, test_sample=test, with_fcd=fcd)
     for k in UNIQUE_AT:
         m[f"unique@{k}_on"] = min(k, m["n_valid"])
     m["fcd_ref"] = len(test) if fcd and test is not None and m["fcd"] is not None else None
+    m["test_ref"] = len(test) if test is not None else None
     if not fcd:
         m["fcd_note"] = "not asked for"
     elif not fcd_available():
@@ -126,6 +130,8 @@ def format_report(m: dict, what: str) -> str:
         lines.append(f"  FCD/Test     {_f(m['fcd'])} (against {m['fcd_ref']} random MOSES test molecules)")
     else:
         lines.append(f"  FCD/Test     n/a ({m.get('fcd_note', 'not computed')})")
+    ref = f"against {m['test_ref']} random MOSES test molecules" if m.get("test_ref") else "no reference"
+    lines.append(f"  SNN/Test     {_f(m['snn'])}  Frag/Test {_f(m['frag'])}  Scaf/Test {_f(m['scaf'])} ({ref})")
     lines.append(f"  QED {_f(m['qed_mean'])}  logP {_f(m['logp_mean'], 2)}  MW {_f(m['mw_mean'], 1)}  "
                  f"rings {_f(m['rings_mean'], 2)}  SA {_f(m['sa_mean'], 2)}  (means over valid molecules)")
     return "\n".join(lines)
