@@ -64,7 +64,7 @@ def test_svdd_and_smc_raise_the_reward_and_count_their_calls():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(guidance=2.0), "guidance needs a class label"),
+    (dict(guidance=2.0), "guidance needs something to guide towards: a class label"),
     (dict(cond=5), "out of range"),
     (dict(cond=0, guidance=-1.0), "guidance scale"),
     (dict(svdd_candidates=4), "need a reward"),
@@ -118,7 +118,7 @@ def test_cli_sample_cond_guidance_and_reward(tmp_path, capsys, monkeypatch):
     want = model.generate(n=2, steps=4, seed=2, cond=0, reward=count_a, svdd_candidates=4)
     assert all(t in text for t in want.texts) and f"NFE {want.nfe}" in text
     assert main(["sample", str(tmp_path / "m"), "--n", "2", "--guidance", "2"]) == 2
-    assert "guidance needs a class label" in capsys.readouterr().err
+    assert "guidance needs something to guide towards: a class label" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "m"), "--n", "2", "--reward", "myreward:nothing", "--smc", "2"]) == 2
     assert "cannot load the reward 'myreward:nothing'" in capsys.readouterr().err
 
