@@ -342,9 +342,7 @@ class SequenceModel(torch.nn.Module):
             return SampleOutput(torch.cat([r.tokens for r in rows]), sum(r.nfe for r in rows),
                                 sum(r.row_evals for r in rows), sum(r.seconds for r in rows))
         if length <= self.cfg.model.max_len and self.draws_lengths():
-            fixed, fixed_mask, backbone = self._length_given(backbone, n, length, fixed, fixed_mask, eos, generator,
-                                                             rewarded=getattr(req.get("steer"), "reward", None)
-                                                             is not None)
+            fixed, fixed_mask, backbone = self._length_given(backbone, n, length, fixed, fixed_mask, eos, generator)
         capped = _decodes_positions(self.process) and not _revisits(opts)
 
         def window(n_, length_, fixed_, mask_, prefix=0):
@@ -368,7 +366,7 @@ class SequenceModel(torch.nn.Module):
         return sample_blockwise(window, n, length, context, stride, fixed, fixed_mask,
                                 stop=None if eos is None else block_ended(eos))
 
-    def _length_given(self, backbone, n, length, fixed, fixed_mask, eos, generator, rewarded=False):
+    def _length_given(self, backbone, n, length, fixed, fixed_mask, eos, generator):
         """A data.padding=skip model is p(x | n) (sampling/lengths.py): each row's length comes from a given
         <eos> (an infill layout), else it is drawn from the training lengths (max_length: `eos` set), <eos>
         and <pad> written after it; the backbone then never attends to the <pad> nor draws a special token.
@@ -384,9 +382,6 @@ class SequenceModel(torch.nn.Module):
         if given_end is not None and bool((given_end < length).all()):
             lengths = (given_end + 1).expand(n).cpu()
         elif eos is not None:
-            if rewarded:  # SVDD's candidates and SMC's particles are extra rows the per-row key mask lacks
-                raise UserError("reward-guided decoding (SVDD, SMC) is not built for a data.padding=skip model's "
-                                "drawn lengths; give a fixed --length, or train with data.padding=learn")
             lengths = draw_lengths(self.length_probs(), n, length, min_lengths(n, fixed_mask), generator)
         else:
             return fixed, fixed_mask, backbone

@@ -90,9 +90,14 @@ def test_a_skip_model_steers_its_drawn_lengths_by_label_and_guidance(trained, tm
             assert out_.lengths is not None and own_fraction(out_.texts, label) > 0.9, (label, w, out_.texts)
             # records of 3..6 letters: every drawn length is a training length (+ <eos>), nothing past it
             assert all(3 <= len(t) <= 6 for t in out_.texts) and out_.lengths.tolist() == [len(t) for t in out_.texts]
-    with pytest.raises(UserError, match=r"reward-guided decoding \(SVDD, SMC\) is not built for a "
-                                        "data.padding=skip model's drawn lengths"):
-        model.generate(n=2, steps=4, reward=lambda texts: [0.0] * len(texts), svdd_candidates=2)
+    # SVDD values each candidate through the same per-row key mask (select_rows): the reward rises, lengths hold
+    share_a = lambda texts: [t.count("a") / max(1, len(t)) for t in texts]  # noqa: E731
+    plain = model.generate(n=40, steps=8, seed=0)
+    svdd = model.generate(n=40, steps=8, seed=0, reward=share_a, svdd_candidates=4)
+    assert sum(share_a(svdd.texts)) > sum(share_a(plain.texts)) + 4  # the mean share of "a" up by more than 0.1
+    assert svdd.lengths.tolist() == [len(t) for t in svdd.texts] and all(3 <= len(t) <= 6 for t in svdd.texts)
+    with pytest.raises(UserError, match="SMC resamples whole rows, which finished rows .* drawn lengths"):
+        model.generate(n=2, steps=4, reward=share_a, smc_particles=2)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -71,8 +71,8 @@ class Steering:
             raise UserError("labels, guidance and reward-guided decoding work with the diffusion families; the "
                             "ar family samples left to right without these hooks")
         if self.K is not None and stops:
-            raise UserError("SMC resamples whole rows, which finished rows (max_length) may not change; drop "
-                            "max_length or use svdd_candidates (--svdd)")
+            raise UserError("SMC resamples whole rows, which finished rows (max_length, or a data.padding=skip "
+                            "model's drawn lengths) may not change; give a fixed length or use svdd_candidates (--svdd)")
         if self.active and kv_cache:
             raise UserError("the prefix KV cache is not combined with labels, guidance or reward-guided decoding; "
                             "drop kv_cache (--kv-cache)")
