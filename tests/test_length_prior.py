@@ -137,3 +137,20 @@ def test_infill_pays_a_skip_models_length():
     cost = _length_cost(model, 3, [2, 5])  # records of 5 and 8 tokens
     assert cost.tolist() == pytest.approx([-math.log((9 + 1 / L) / 11), -math.log((1 + 1 / L) / 11)])
     assert _length_cost(_model("learn"), 3, [2, 5]).tolist() == [0.0, 0.0]
+
+
+def test_a_records_model_saved_without_data_padding_loads_as_learn(tmp_path):
+    """data.padding=skip became the default after records models were saved with learn: a saved config without
+    the key is read as the default of its day, learn (and a new model keeps what it saved)."""
+    import json
+
+    model = _model("skip")
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    assert meta["config"]["data"]["padding"] == "skip"
+    assert SequenceModel.from_pretrained(tmp_path / "m").cfg.data.padding == "skip"
+    del meta["config"]["data"]["padding"]
+    path.write_text(json.dumps(meta))
+    old = SequenceModel.from_pretrained(tmp_path / "m")
+    assert old.cfg.data.padding == "learn" and not old.draws_lengths()

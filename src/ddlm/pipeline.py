@@ -84,6 +84,10 @@ class SequenceModel(torch.nn.Module):
             from .processes.d3pm import remember_betas
 
             remember_betas(meta["process_betas_key"], betas)  # used only by a process with that exact key
+        data = meta["config"].get("data")
+        if isinstance(data, dict) and data.get("records") not in (None, "none", "") and "padding" not in data:
+            # a records model saved before data.padding was written out was trained with the old default
+            meta["config"]["data"] = dict(data, padding="learn")
         model = cls(RunConfig.from_dict(meta["config"]), load_tokenizer(directory))
         load_weights(model.backbone, state, directory)
         if isinstance(meta.get("length_counts"), list):
