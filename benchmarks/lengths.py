@@ -28,7 +28,7 @@ are the file's own lines (in-sample: the file is all there is).
 
 --infill-cost prints instead the NFE and seconds of infilling "In the beginning [MASK] earth." with span
 lengths 1..32 (the marginal score and the fill-every-length score, ddlm/infill.py) against one infill of the
-known length [MASK:30], on the KJV MDLM.
+known length [MASK:30], on the KJV MDLMs (data.padding=skip and learn).
 
 --json prints one object: {"data": ..., "bin_width": ..., "rows": [{"family", "padding", "tv", "tv_floor",
 "mean_length", "mean_held", "no_eos", "bpc", "bpc_ci95", "bpc_given_length", "length_bpc", "n", "nfe", "seconds",
@@ -94,12 +94,13 @@ def measure(model, held: list[str], data, real_mask, *, n: int, bin_width: int, 
             t_samples: int = 4, batch_size: int = 64, n_show: int = 3) -> dict:
     """One row of the table: generate n records (stopping at <eos>) and compare with `held` texts."""
     from ddlm.eval.records import evaluate_records, length_nats_for
+    from ddlm.sampling.stops import unended
 
     tok, context = model.tokenizer, model.cfg.model.max_len
     out = model.generate(n=n, max_length=context, seed=seed, batch_size=batch_size)
     gen = torch.tensor([len(t) for t in out.texts])
     ref = torch.tensor([len(t) for t in held])
-    ended = ((out.tokens == tok.eos_id) | (out.tokens == tok.pad_id)).any(-1)  # (n,) rows that ended themselves
+    ended = ~unended(out.tokens, tok.eos_id, tok.pad_id)  # (n,) rows that ended themselves
     # a data.padding=skip model is told each record's length by its key-padding mask: pay for the length, as
     # `ddlm eval` does (None for learn and AR models, whose bound already holds it)
     m = evaluate_records(model, data, real_mask, batch_size=32, t_samples=t_samples, seed=seed,
@@ -176,7 +177,7 @@ INFILL = ("In the beginning [MASK] earth.", "In the beginning [MASK:30] earth.")
 
 def infill_cost(args) -> dict:
     """NFE and wall time of infilling a span of unknown length (1..32, by the marginal score and by filling
-    every length) against one fixed-length infill, on the KJV MDLM, n samples in one batch."""
+    every length) against one fixed-length infill, on the KJV MDLMs (skip and learn), n samples in one batch."""
     import time
 
     from ddlm.infill import generate_infill

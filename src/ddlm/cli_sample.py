@@ -65,7 +65,7 @@ def cmd_sample(args) -> int:
         print(json.dumps(obj))
         return 0
     count = nfe = row_evals = length = 0
-    seconds = 0.0
+    seconds, stopped = 0.0, False
     # iter_generate checks every option now; samples come batch by batch
     parts = [shown] if shown is not None else model.iter_generate(**options)
     if note:
@@ -77,8 +77,8 @@ def cmd_sample(args) -> int:
         sys.stdout.flush()
         nfe, row_evals, seconds = nfe + part.nfe, row_evals + part.row_evals, seconds + part.seconds
         length = part.tokens.shape[1]
-    stops = args.max_length is not None or (args.length is None and not args.prompt and model.draws_lengths())
-    each = f"at most {args.max_length or length} tokens" if stops else f"{_plural(length, 'token')} each"
+        stopped = part.lengths is not None  # generate cut the rows at <eos> (max_length, or a skip model's own)
+    each = f"at most {args.max_length or length} tokens" if stopped else f"{_plural(length, 'token')} each"
     print(f"--- {_plural(count, 'sample')}, {each}, NFE {nfe} "
           f"({_plural(row_evals, 'row evaluation')}), {seconds:.2f} s")
     return 0

@@ -3,14 +3,14 @@
     log p_w(x_0 | x_t, c) = log_softmax( log p(x_0 | x_t) + w * (log p(x_0 | x_t, c) - log p(x_0 | x_t)) )
 
 per position, over the V tokens: w = 0 is the unconditional model, w = 1 the conditional one, w > 1 sharpens
-towards the label (the product of experts p(x_0 | x_t)^(1-w) p(x_0 | x_t, c)^w, renormalised).
-
-Prompt guidance is the same formula with the prompt as the condition: the conditional pass is the sampler's
-own (it sees the prompt), the unconditional pass sees the prompt's positions masked (`hide`), so w > 1 pulls
-the continuation towards what the prompt makes likelier than it is without it. Ho & Salimans
+towards the label (the product of experts p(x_0 | x_t)^(1-w) p(x_0 | x_t, c)^w, renormalised). Ho & Salimans
 2022 ("Classifier-Free Diffusion Guidance") for the idea; Nisonoff et al. 2024 ("Unlocking Guidance for
 Discrete State-Space Diffusion and Flow Models") and Schiff et al. 2024 ("Simple Guidance Mechanisms for
 Discrete Diffusion Models") for guidance in the log-probabilities of discrete diffusion's denoiser.
+
+Prompt guidance is the same formula with the prompt as the condition: the conditional pass is the sampler's
+own (it sees the prompt), the unconditional pass sees the prompt's positions masked (`hide`), so w > 1 pulls
+the continuation towards what the prompt makes likelier than it is without it.
 """
 
 from __future__ import annotations

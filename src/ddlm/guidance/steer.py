@@ -103,23 +103,22 @@ class Steering:
             fixed, fixed_mask = fixed.repeat_interleave(K, 0), fixed_mask.repeat_interleave(K, 0)
         net, extras = backbone, []
         hooks = Hooks(stop=base.stop, observer=base.observer) if base is not None else Hooks()
+        guided, hide = False, None  # the second, unconditional pass: the null label's, or the prompt's unseen
         if self.labels is not None and self.w != 0.0:  # w = 0 is the unconditional model: the null label
             labels = self.labels[self._start: self._start + n].repeat_interleave(K)
             net = Conditioned(backbone, labels)
-            if self.w is not None and self.w != 1.0:
-                cfg = ClassifierFreeGuidance(backbone, self.model.process, self.w, self.time_of)
-                hooks.logits_transform = cfg
-                extras.append(cfg)
-        if self.prompt_guided and self.w != 1.0:  # w = 1: the prompted sampler as it is
-            hide = None
-            if fixed_mask is not None:  # the prompt: given positions, not the <eos>/<pad> of a record's layout
-                tok = self.model.tokenizer
-                ends = [i for i in (getattr(tok, "eos_id", None), getattr(tok, "pad_id", None)) if i is not None]
-                hide = fixed_mask.bool() & ~torch.isin(fixed, torch.tensor(ends, device=fixed.device))
-            if hide is not None:  # (1 or rows, L): fixed was repeated for K particles above
-                cfg = ClassifierFreeGuidance(backbone, self.model.process, self.w, self.time_of, hide=hide)
-                hooks.logits_transform = cfg
-                extras.append(cfg)
+            guided = self.w is not None
+        elif self.prompt_guided and fixed_mask is not None:
+            # the prompt: given positions, not the <eos>/<pad> of a record's layout; (1 or rows, L), since fixed
+            # was repeated for K particles above
+            tok = self.model.tokenizer
+            ends = [i for i in (getattr(tok, "eos_id", None), getattr(tok, "pad_id", None)) if i is not None]
+            hide = fixed_mask.bool() & ~torch.isin(fixed, torch.tensor(ends, device=fixed.device))
+            guided = True
+        if guided and self.w != 1.0:  # w = 1: the conditional (or prompted) sampler as it is
+            cfg = ClassifierFreeGuidance(backbone, self.model.process, self.w, self.time_of, hide=hide)
+            hooks.logits_transform = cfg
+            extras.append(cfg)
         smc = None
         if self.reward is not None:
             value = PredictedReward(net, self.model.process, self._on_tokens, self.reward_name)
