@@ -9,6 +9,8 @@ needs a labelled model: with --cond-model DIR (a model trained on a moses -qed4 
 smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-q4) at guidance scales 1 and 3.
 The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the same
 seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
+The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
+and `grpo+svdd` decodes that model with SVDD (M = --m): fine-tuning and reward-guided decoding compose.
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,
@@ -25,8 +27,8 @@ equal a row's above are reused, not sampled again); a second table (method, sett
 validity, qed_median, qed_p90) and, with --json, a `curve` list in the JSON object. --plot PNG (with --curve;
 needs matplotlib) draws QED median against rows per molecule for the three methods.
 
-    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--n 200] [--steps 64]
-        [--m 4] [--k 4] [--curve [--plot PNG]] [--json]
+    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--grpo DIR] [--n 200]
+        [--steps 64] [--m 4] [--k 4] [--curve [--plot PNG]] [--json]
 """
 
 from __future__ import annotations
@@ -211,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="an mdlm molecules run or model directory")
     p.add_argument("--ar", help="an ar molecules model for the AR row")
     p.add_argument("--drakes", help="a model fine-tuned by `ddlm finetune` for the drakes row")
+    p.add_argument("--grpo", help="a model fine-tuned by `ddlm finetune --method grpo` for the grpo and grpo+svdd "
+                   "rows")
     p.add_argument("--cond-model", help="a model trained on a moses -qed4 kind for the cfg-1 and cfg-3 rows")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=64)
@@ -271,6 +275,12 @@ def main(argv=None) -> int:
         tuned = SequenceModel.from_pretrained(a.drakes)
         o, s = draw(tuned)
         add("drakes", sampled_smiles(tuned, o.tokens), o, s)
+    if a.grpo:  # GRPO: the fine-tuned model sampled plainly, then with SVDD
+        tuned = SequenceModel.from_pretrained(a.grpo)
+        o, s = draw(tuned)
+        add("grpo", texts_of(tuned, o.tokens), o, s)
+        o, s = draw(tuned, reward="qed", svdd_candidates=a.m)
+        add("grpo+svdd", texts_of(tuned, o.tokens), o, s)
     result = {"train_qed_p75": round(float(np.percentile(train_qed, 75)), 4), "n": a.n, "steps": a.steps,
               "svdd_candidates": a.m, "smc_particles": a.k, "smc_alpha": a.smc_alpha,
               "nll_t_samples": NLL_T_SAMPLES, "rows": rows}

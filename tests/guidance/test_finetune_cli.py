@@ -71,6 +71,25 @@ def test_finetune_writes_a_loadable_model_whose_samples_score_higher(tiny_run, t
 
 
 @needs_molecules
+def test_grpo_finetune_writes_a_loadable_model_and_its_history(tiny_run, tmp_path):
+    """--method grpo scores the model's own samples with RDKit's QED: no surrogate, grpo.json with every step."""
+    from ddlm.pipeline import SequenceModel
+
+    out = tmp_path / "grpo"
+    code, stdout, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
+                                 "--max-steps", "3", "--batch-size", "4", "--steps", "4"])
+    assert code == 0, err
+    assert "grpo 3/3" in err and "(grpo): mean qed of the samples" in stdout
+    report = json.loads((out / "grpo.json").read_text())
+    assert report["method"] == "grpo" and report["reward"] == "qed" and len(report["history"]) == 3
+    assert report["settings"]["group"] == 4 and report["history"][0]["kl"] == 0.0
+    assert all(0.0 <= h["reward"] <= 1.0 for h in report["history"])
+    assert not (out / "surrogate").exists()
+    tuned = SequenceModel.from_pretrained(out)  # (this 4-step base draws few valid molecules: the toy oracle in
+    assert len(tuned.generate(n=2, steps=4, seed=0).texts) == 2  # test_grpo.py is what shows the reward rising)
+
+
+@needs_molecules
 def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases = []
     cases.append((["finetune", str(tiny_run), "--reward", "nope", "--out", str(tmp_path / "a")], "unknown reward"))
@@ -85,6 +104,13 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases.append((["finetune", str(tiny_run), "--out", str(tmp_path / "b")], "give the reward"))
     cases.append((["finetune", str(tiny_run), "--surrogate", str(tmp_path), "--out", str(tmp_path / "c")],
                   "holds no surrogate"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--surrogate", str(tmp_path), "--reward", "qed",
+                   "--out", str(tmp_path / "e")], "leave out --surrogate"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--out", str(tmp_path / "f")], "give the reward"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--tau", "2", "--out",
+                   str(tmp_path / "g")], "--tau belongs to --method drakes"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--masks", "2", "--out", str(tmp_path / "h")],
+                  "--masks belongs to --method grpo"))
     stream = tmp_path / "stream"
     assert main(["train", "--preset", "tiny", "--out", str(stream), "--quiet", "--max-steps", "1"]) == 0
     cases.append((["finetune", str(stream), "--reward", "qed", "--out", str(tmp_path / "d")], "records"))

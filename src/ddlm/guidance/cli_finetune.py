@@ -1,10 +1,13 @@
-"""`ddlm finetune DIR --reward NAME --out OUT`: DRAKES reward fine-tuning of a masked-diffusion model.
+"""`ddlm finetune DIR --reward NAME --out OUT [--method drakes|grpo]`: reward fine-tuning of a masked-diffusion model.
 
-Trains a differentiable surrogate of the reward on the model's training records (guidance/surrogate.py), or loads
-one (--surrogate PATH), runs drakes.finetune and writes OUT: a run folder (marker .ddlm-run) holding model/ (what
-`ddlm sample OUT` and `ddlm eval OUT` load), surrogate/ (reusable with --surrogate OUT) and drakes.json (the
-settings, the surrogate's held-out fit and the reward and KL of every iteration). OUT follows `ddlm train`'s
-overwrite rules: a new or empty folder, or an earlier ddlm run with --overwrite; never the model's own folder.
+drakes (the default): trains a differentiable surrogate of the reward on the model's training records
+(guidance/surrogate.py), or loads one (--surrogate PATH), and runs drakes.finetune; OUT gets surrogate/ (reusable
+with --surrogate OUT) and drakes.json (the settings, the surrogate's held-out fit, the reward and KL of every
+iteration). grpo: policy gradient with the exact reward on the model's own samples (guidance/grpo.py), no
+surrogate; OUT gets grpo.json (the settings and every iteration's reward, KL and uniqueness).
+Both write model/ in OUT (what `ddlm sample OUT` and `ddlm eval OUT` load), a run folder (marker .ddlm-run)
+that follows `ddlm train`'s overwrite rules: a new or empty folder, or an earlier ddlm run with --overwrite;
+never the model's own folder.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ def cmd_finetune(args) -> int:
     from ..cli_common import _threads
     from ..pipeline import SequenceModel
     from ..train.rundir import check_run_dir, clear_run_dir, write_marker
-    from . import drakes, surrogate
-    from .rewards import resolve_reward
 
     start = time.perf_counter()
     out, src = Path(args.out), Path(args.model)
@@ -38,7 +39,44 @@ def cmd_finetune(args) -> int:
     model = SequenceModel.from_pretrained(src)
     process = model.process
     if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
-        raise UserError(f"DRAKES fine-tunes a masked-diffusion model (mdlm); {src} is a {model.family.name} model")
+        raise UserError(f"{args.method} fine-tunes a masked-diffusion model (mdlm); {src} is a "
+                        f"{model.family.name} model")
+    steps = args.steps or model.cfg.sample.steps
+    every = max(1, args.max_steps // 20)
+    count = [0]
+
+    def log(line):
+        count[0] += 1
+        if count[0] % every == 0 or count[0] in (1, args.max_steps):
+            say(line)
+
+    run = _grpo if args.method == "grpo" else _drakes
+    history, name, report, write_extra = run(args, model, steps, say, log)
+    if clear:
+        clear_run_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out)
+    model.backbone.eval()
+    with torch.no_grad():
+        model.save_pretrained(out / "model")
+    write_extra(out)
+    report = {"base": str(src), "method": args.method, **report, "history": history,
+              "seconds": round(time.perf_counter() - start, 1)}
+    (out / f"{args.method}.json").write_text(json.dumps(report, indent=1))
+    first, last = history[0], history[-1]
+    what = "surrogate reward" if args.method == "drakes" else f"mean {name} of the samples"
+    print(f"fine-tuned {src} into {out} in {report['seconds']} s ({args.method}): {what} {first['reward']:.4f} -> "
+          f"{last['reward']:.4f}, KL to the base {last['kl']:.4f} "
+          f"{'nats per sample' if args.method == 'drakes' else 'nats per masked token'}")
+    return 0
+
+
+def _drakes(args, model, steps, say, log):
+    from . import drakes, surrogate
+    from .rewards import resolve_reward
+
+    if args.masks is not None:
+        raise UserError("--masks belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
         net, info = surrogate.load(args.surrogate, model)
         if args.reward is not None and args.reward != info["reward"]:
@@ -57,37 +95,51 @@ def cmd_finetune(args) -> int:
         say(f"surrogate: held-out MAE {f['mae']} (predicting the mean: {f['mae_of_mean']}), Pearson r {f['pearson']}"
             f" on {f['n_test']:,} rows, {f['seconds']} s")
     net = net.to(model.device)
-    steps = args.steps or model.cfg.sample.steps
-    every = max(1, args.max_steps // 20)
-    count = [0]
+    batch = args.batch_size or 16
+    beta = 0.1 if args.beta is None else args.beta
+    tau = 1.0 if args.tau is None else args.tau
+    say(f"drakes: {args.max_steps} steps of {batch} trajectories ({steps} denoising steps, gradients "
+        f"through the last {args.grad_steps or steps}), beta {beta}, lr {args.lr}")
+    history = drakes.finetune(model, net, iterations=args.max_steps, n=batch, steps=steps, lr=args.lr,
+                              beta=beta, tau=tau, grad_steps=args.grad_steps, seed=args.seed, log=log)
+    report = {"reward": info["reward"], "surrogate_fit": info["fit"],
+              "settings": {"max_steps": args.max_steps, "batch_size": batch, "steps": steps,
+                           "grad_steps": args.grad_steps, "beta": beta, "lr": args.lr, "tau": tau,
+                           "seed": args.seed}}
 
-    def log(line):
-        count[0] += 1
-        if count[0] % every == 0 or count[0] in (1, args.max_steps):
-            say(line)
+    def write_extra(out):
+        surrogate.save(out / "surrogate", net.cpu(),
+                       {k: v for k, v in info.items() if k not in ("arch", "ddlm_surrogate")})
 
-    say(f"drakes: {args.max_steps} steps of {args.batch_size} trajectories ({steps} denoising steps, gradients "
-        f"through the last {args.grad_steps or steps}), beta {args.beta}, lr {args.lr}")
-    history = drakes.finetune(model, net, iterations=args.max_steps, n=args.batch_size, steps=steps, lr=args.lr,
-                              beta=args.beta, tau=args.tau, grad_steps=args.grad_steps, seed=args.seed, log=log)
-    if clear:
-        clear_run_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out)
-    model.backbone.eval()
-    with torch.no_grad():
-        model.save_pretrained(out / "model")
-    surrogate.save(out / "surrogate", net.cpu(), {k: v for k, v in info.items() if k not in ("arch", "ddlm_surrogate")})
-    report = {"base": str(src), "reward": info["reward"], "surrogate_fit": info["fit"],
-              "settings": {"max_steps": args.max_steps, "batch_size": args.batch_size, "steps": steps,
-                           "grad_steps": args.grad_steps, "beta": args.beta, "lr": args.lr, "tau": args.tau,
-                           "seed": args.seed},
-              "history": history, "seconds": round(time.perf_counter() - start, 1)}
-    (out / "drakes.json").write_text(json.dumps(report, indent=1))
-    first, last = history[0], history[-1]
-    print(f"fine-tuned {src} into {out} in {report['seconds']} s: surrogate reward {first['reward']:.4f} -> "
-          f"{last['reward']:.4f}, KL to the base {last['kl']:.4f} nats per sample")
-    return 0
+    return history, info["reward"], report, write_extra
+
+
+def _grpo(args, model, steps, say, log):
+    from . import grpo
+    from .rewards import resolve_reward
+    from .steer import texts_of
+    from .value import checked_reward
+
+    if args.surrogate:
+        raise UserError("--method grpo scores the model's samples with the reward itself; leave out --surrogate "
+                        "(a DRAKES surrogate)")
+    if args.reward is None:
+        raise UserError("give the reward to fine-tune towards: --reward qed (or module:function)")
+    for flag, value in (("--grad-steps", args.grad_steps), ("--tau", args.tau)):
+        if value is not None:
+            raise UserError(f"{flag} belongs to --method drakes; leave it out for grpo")
+    fn, name = resolve_reward(args.reward)
+    reward = checked_reward(lambda tokens: fn(texts_of(model, tokens)), name)
+    group = args.batch_size or 32
+    beta = 0.05 if args.beta is None else args.beta
+    masks = args.masks or 2
+    say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
+        f"by {name}; beta {beta}, lr {args.lr}, {masks} masks per record")
+    history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=args.lr,
+                            beta=beta, masks=masks, seed=args.seed, log=log)
+    report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
+                                           "beta": beta, "lr": args.lr, "masks": masks, "seed": args.seed}}
+    return history, name, report, lambda out: None
 
 
 def register(sub) -> None:
@@ -95,27 +147,34 @@ def register(sub) -> None:
     from ..cli_common import _add_threads, _float, _positive_int, _seed
     from .rewards import reward_names
 
-    f = sub.add_parser("finetune", help="DRAKES: fine-tune a masked-diffusion model towards a reward")
+    f = sub.add_parser("finetune", help="reward fine-tuning of a masked-diffusion model (DRAKES or GRPO)")
     f.add_argument("model", metavar="DIR", help="a trained mdlm run or model directory (read only)")
     f.add_argument("--out", required=True, help="the fine-tuned run folder to write (new or empty, or an earlier "
                    "ddlm run with --overwrite)")
-    f.add_argument("--reward", metavar="NAME", help=f"the reward the surrogate learns: {', '.join(reward_names())} "
-                   "(molecules, RDKit) or module:function (a list of texts -> numbers)")
-    f.add_argument("--surrogate", metavar="PATH", help="a trained surrogate (a folder `ddlm finetune` wrote, or "
-                   "its surrogate/) instead of training one")
+    f.add_argument("--method", choices=("drakes", "grpo"), default="drakes",
+                   help="drakes: back-propagate a learned surrogate of the reward through Gumbel-softmax "
+                   "trajectories (Wang et al. 2025); grpo: policy gradient with the exact reward of the model's own "
+                   "samples and the ELBO as their log-likelihood (d1's diffu-GRPO) (default drakes)")
+    f.add_argument("--reward", metavar="NAME", help=f"the reward: {', '.join(reward_names())} (molecules, RDKit) or "
+                   "module:function (a list of texts -> numbers); drakes fits a surrogate to it")
+    f.add_argument("--surrogate", metavar="PATH", help="drakes: a trained surrogate (a folder `ddlm finetune` "
+                   "wrote, or its surrogate/) instead of training one")
     f.add_argument("--max-steps", type=_positive_int, default=100, help="optimiser (Adam) steps (default 100)")
-    f.add_argument("--batch-size", type=_positive_int, default=16, help="sampled trajectories per step (default 16)")
+    f.add_argument("--batch-size", type=_positive_int, help="sampled trajectories (drakes, default 16) or the "
+                   "group of records compared (grpo, default 32) per step")
     f.add_argument("--steps", type=_positive_int, help="denoising steps of each trajectory (default: the model's "
                    "sample.steps)")
-    f.add_argument("--grad-steps", type=_positive_int, help="back-propagate through the last K denoising steps only "
-                   "(default: all)")
-    f.add_argument("--beta", type=_float, default=0.1, help="weight of KL(fine-tuned || base) (default 0.1)")
+    f.add_argument("--grad-steps", type=_positive_int, help="drakes: back-propagate through the last K denoising "
+                   "steps only (default: all)")
+    f.add_argument("--beta", type=_float, help="weight of KL(fine-tuned || base) (default 0.1 drakes, 0.05 grpo: "
+                   "per sample for drakes, per masked token for grpo)")
     f.add_argument("--lr", type=_float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    f.add_argument("--tau", type=_float, default=1.0, help="Gumbel-softmax temperature (default 1)")
-    f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="training records the surrogate "
-                   "is fitted on (default 20,000; 10%% held out)")
-    f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="surrogate epochs (default 10)")
-    f.add_argument("--seed", type=_seed, default=0, help="seed of the records, the surrogate and the trajectories")
+    f.add_argument("--tau", type=_float, help="drakes: Gumbel-softmax temperature (default 1)")
+    f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 2)")
+    f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
+                   "surrogate is fitted on (default 20,000; 10%% held out)")
+    f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")
+    f.add_argument("--seed", type=_seed, default=0, help="seed of the records, the surrogate and the samples")
     f.add_argument("--overwrite", action="store_true", help="replace an earlier ddlm run in --out")
     f.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_threads(f, 1)

@@ -1,0 +1,121 @@
+"""GRPO (guidance/grpo.py): group-relative advantages, the rows it scores, a loss whose KL is zero against itself
+and whose gradient raises the likelihood of the better record, and fine-tuning that raises an exact reward."""
+
+import copy
+
+import pytest
+import torch
+
+from ddlm.config import DataConfig, ModelConfig, RunConfig
+from ddlm.data.batches import Batch
+from ddlm.data.tokenizers import build_tokenizer
+from ddlm.errors import UserError
+from ddlm.guidance.grpo import advantages, finetune, policy_loss, record_rows
+from ddlm.objectives.mdlm import MDLMObjective
+from ddlm.pipeline import SequenceModel
+
+L = 8
+
+
+def _model(process="mdlm", specials=False, padding="learn"):
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(n_layers=1, d_model=32, n_heads=2, max_len=L),
+                    data=DataConfig(padding=padding))
+    if process != "mdlm":
+        cfg = cfg.replace(process=type(cfg.process)(name=process))
+    return SequenceModel(cfg, build_tokenizer("char", "abcdefgh", specials=specials)).eval()
+
+
+def test_advantages_are_standardised_within_the_group_and_zero_when_rewards_agree():
+    a = advantages(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert torch.allclose(a, torch.tensor([-1.3416, -0.4472, 0.4472, 1.3416]), atol=1e-3)
+    assert torch.equal(advantages(torch.full((5,), 0.7)), torch.zeros(5))
+
+
+@pytest.mark.parametrize("padding", ["learn", "skip"])
+def test_record_rows_are_padded_after_the_first_eos_as_in_training(padding):
+    model = _model(specials=True, padding=padding)
+    eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
+    rows = torch.tensor([[0, 1, eos, 3, eos, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6, 7]])
+    b = record_rows(model, rows)
+    assert b.tokens.tolist() == [[0, 1, eos, pad, pad, pad, pad, pad], [0, 1, 2, 3, 4, 5, 6, 7]]
+    if padding == "learn":
+        assert b.mask is None  # every position counts, as the model was trained
+    else:  # the record and its <eos> count; a row that never ended counts whole
+        assert b.mask.tolist() == [[True] * 3 + [False] * 5, [True] * L]
+
+
+def test_the_loss_has_zero_kl_against_itself_and_its_step_favours_the_better_record():
+    model = _model()
+    backbone = model.backbone
+    objective = MDLMObjective(model.process, "stratified")
+    x = torch.tensor([[0] * L, [1] * L])  # "aaaaaaaa", "bbbbbbbb"
+    a = advantages(torch.tensor([1.0, 0.0]))  # the first record is the better one
+
+    ref = copy.deepcopy(backbone).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    terms = policy_loss(backbone, ref, objective, Batch(x), a, 0.5, 64, g)
+    assert float(terms["kl"]) == 0.0  # k3(p, p) = 0 exactly
+    # the loss is -mean(A * ELBO per token): with advantages +1/-1 it is half the ELBO gap, bad minus good
+    g = torch.Generator().manual_seed(0)
+    t = objective.sample_t(2 * 64, g)
+    xt = model.process.sample_xt(x.repeat(64, 1), t, g)
+    nll, _, _ = objective.scored(backbone, Batch(x.repeat(64, 1)), xt, t)
+    elbo = -(objective.weight(t) * nll.sum(-1)) / L  # (128,)
+    assert torch.allclose(terms["loss"], -(a.repeat(64) * elbo).mean(), atol=1e-6)
+
+    def per_record(net):
+        g = torch.Generator().manual_seed(1)
+        t = objective.sample_t(2 * 64, g)
+        xt = model.process.sample_xt(x.repeat(64, 1), t, g)
+        with torch.no_grad():
+            nll, _, _ = objective.scored(net, Batch(x.repeat(64, 1)), xt, t)
+        return -(objective.weight(t) * nll.sum(-1)).view(64, 2).mean(0)  # (2,) ELBO of each record
+
+    before = per_record(backbone)
+    opt = torch.optim.SGD(backbone.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        policy_loss(backbone, ref, objective, Batch(x), a, 0.0, 64, torch.Generator().manual_seed(0))["loss"].backward()
+        opt.step()
+    after = per_record(backbone)
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
+    kl = policy_loss(backbone, ref, objective, Batch(x), a, 0.5, 64, torch.Generator().manual_seed(0))["kl"]
+    assert float(kl) > 0  # moved away from the reference
+
+
+def test_finetuning_raises_an_exact_reward_and_beta_holds_it_back():
+    """Reward: the count of 'a' (id 0) in a record, computed on tokens (not differentiable). 25 steps of 16
+    records: with beta = 0 the share of 'a' in 400 fresh samples at a fixed seed rises from 0.121 to over 0.3
+    (measured 1.00); with beta = 5 the KL to the pretrained model stays lower over the last steps (0.006 vs 1.17)
+    and the share near the start (0.143)."""
+    def share(model):
+        return float((model.generate(n=400, steps=L, seed=5, decode=False).tokens == 0).float().mean())
+
+    tails, after = {}, {}
+    for beta in (0.0, 5.0):
+        model = _model()
+        before = share(model)
+        hist = finetune(model, lambda tok: (tok == 0).sum(-1).double(), iterations=25, group=16, steps=L,
+                        lr=1e-2, beta=beta, seed=0)
+        after[beta] = share(model)
+        assert hist[0]["kl"] == 0.0 and len(hist) == 25
+        tails[beta] = sum(h["kl"] for h in hist[-5:]) / 5
+    assert before < 0.16 and after[0.0] > 0.3, (before, after)
+    assert tails[5.0] < tails[0.0], tails
+
+
+def test_an_impossible_record_is_the_groups_worst_not_an_infinity():
+    model = _model()
+    hist = finetune(model, lambda tok: torch.where(tok[:, 0] == 0, -torch.inf, 1.0).double(), iterations=2,
+                    group=8, steps=L, lr=1e-3)
+    assert all(torch.isfinite(torch.tensor(h["reward"])) for h in hist)
+
+
+def test_grpo_refuses_non_masked_models_and_bad_settings():
+    with pytest.raises(UserError, match="masked-diffusion"):
+        finetune(_model("ar"), lambda tok: tok.sum(-1))
+    with pytest.raises(UserError, match="group"):
+        finetune(_model(), lambda tok: tok.sum(-1), group=1)
+    with pytest.raises(UserError, match="beta"):
+        finetune(_model(), lambda tok: tok.sum(-1), beta=-1.0)
