@@ -75,8 +75,9 @@ def _drakes(args, model, steps, say, log):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
-    if args.masks is not None:
-        raise UserError("--masks belongs to --method grpo; leave it out for drakes")
+    for flag, value in (("--masks", args.masks), ("--inner", args.inner)):
+        if value is not None:
+            raise UserError(f"{flag} belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
         net, info = surrogate.load(args.surrogate, model)
         if args.reward is not None and args.reward != info["reward"]:
@@ -133,12 +134,14 @@ def _grpo(args, model, steps, say, log):
     group = args.batch_size or 32
     beta = 0.05 if args.beta is None else args.beta
     masks = args.masks or 2
+    inner = args.inner or 4
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
-        f"by {name}; beta {beta}, lr {args.lr}, {masks} masks per record")
+        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {args.lr}, {masks} masks per record")
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=args.lr,
-                            beta=beta, masks=masks, seed=args.seed, log=log)
+                            beta=beta, masks=masks, inner=inner, seed=args.seed, log=log)
     report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
-                                           "beta": beta, "lr": args.lr, "masks": masks, "seed": args.seed}}
+                                           "beta": beta, "lr": args.lr, "masks": masks, "inner": inner,
+                                           "seed": args.seed}}
     return history, name, report, lambda out: None
 
 
@@ -171,6 +174,8 @@ def register(sub) -> None:
     f.add_argument("--lr", type=_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     f.add_argument("--tau", type=_float, help="drakes: Gumbel-softmax temperature (default 1)")
     f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 2)")
+    f.add_argument("--inner", type=_positive_int, help="grpo: Adam steps on each sampled group, with PPO's clipped "
+                   "ratio after the first (default 4)")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")

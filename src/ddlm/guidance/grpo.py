@@ -13,15 +13,19 @@ mask per record and per copy, `masks` copies, MDLM's continuous-time weight w(t)
 
     ELBO_theta(x) ~= w(t) * sum_{l masked in x_t} log p_theta(x^l | x_t)
 
-The loss of one iteration (one gradient step on fresh samples, so PPO's ratio is 1 and its clipping does nothing):
+Each group serves `inner` Adam steps on the same records and masks, with PPO's clipped per-token ratio
+rho_l = p_theta(x^l | x_t) / p_old(x^l | x_t) against the weights that drew the group (as diffu-GRPO does):
 
-    loss = - mean_i A_i * ELBO_theta(x^i) / n_i  +  beta * mean_{i, masked l} k3_l
-    k3_l = exp(q_l) - q_l - 1,  q_l = log p_ref(x^l | x_t) - log p_theta(x^l | x_t)   (>= 0, 0 iff equal)
+    J = mean_i  w(t_i) / n_i * sum_{l masked} min(rho_l A_i, clip(rho_l, 1 - eps, 1 + eps) A_i)
+    loss = -J + beta * mean_{i, masked l} KL(p_theta(. | x_t) || p_ref(. | x_t))_l
 
-n_i: the record's counted positions (GRPO's per-token average); k3: the estimator of KL(p_theta || p_ref) that
-GRPO uses, here on the denoising conditionals at the masked positions, against the frozen pretrained copy
-(the same x_t for both). Where the reward is all a group agrees on (every A_i = 0) the step only pulls towards
-the reference.
+n_i: the record's counted positions (GRPO's per-token average). At the first inner step rho = 1 and the gradient
+of J is the plain policy gradient mean_i A_i grad ELBO_theta(x^i) / n_i. The KL term is GRPO's, taken exactly over
+the vocabulary of each masked position's denoising distribution (the network gives all of it) against the frozen
+pretrained copy on the same x_t; GRPO's sampled estimator k3 = exp(q) - q - 1 of one token (q = log p_ref -
+log p_theta) was tried first: where the model had made a token unlikely that the reference still liked, exp(q)
+reached 1e11 in a run without the KL term. A group whose rewards all agree (every A_i = 0) only pulls towards the
+reference.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import statistics
 
 import torch
 
-from ..data.batches import Batch, counted, model_kwargs
+from ..data.batches import Batch
 from ..errors import UserError
 from ..objectives.mdlm import MDLMObjective
 
@@ -62,30 +66,44 @@ def record_rows(model, tokens: torch.Tensor) -> Batch:
     return Batch(rows)
 
 
-def policy_loss(backbone, reference, objective, batch: Batch, advantages: torch.Tensor, beta: float,
-                masks: int = 1, generator=None) -> dict:
-    """The GRPO loss above on records `batch` (G rows) with advantages (G,): {"loss", "kl" (mean k3 per masked
-    position), "elbo" (mean ELBO per counted position, nats)}. `masks` copies of each record, each with its own
-    t and mask; t stratified over all copies (MDLM's low-discrepancy draw)."""
-    G = batch.tokens.shape[0]
+def draw_masks(objective, batch: Batch, masks: int, generator=None):
+    """`masks` noised copies of each record: (copies Batch (G*m rows), t (G*m,), x_t (G*m, L)); t stratified over
+    all copies (MDLM's low-discrepancy draw); what does not count is context, never masked."""
     big = Batch(batch.tokens.repeat(masks, 1), None if batch.mask is None else batch.mask.repeat(masks, 1),
                 None if batch.cond is None else batch.cond.repeat(masks))
-    t = objective.sample_t(G * masks, generator, big.tokens.device)  # (G*m,)
+    t = objective.sample_t(big.tokens.shape[0], generator, big.tokens.device)
     xt = objective.process.sample_xt(big.tokens, t, generator)
-    if big.mask is not None:  # what does not count is context, never masked
+    if big.mask is not None:
         xt = torch.where(big.mask, xt, big.tokens)
-    nll, masked, _ = objective.scored(backbone, big, xt, t)  # (G*m, L)
+    return big, t, xt
+
+
+def token_logp(net, objective, big: Batch, xt, t):
+    """(log p_net(x^l | x_t) (N, L) at the masked counted positions, 0 elsewhere; masked (N, L) bool; the whole
+    log p_net(. | x_t) (N, L, V))."""
+    nll, masked, logp = objective.scored(net, big, xt, t)
+    return -nll, masked, logp
+
+
+def policy_loss(backbone, reference, objective, big: Batch, t, xt, advantages: torch.Tensor, beta: float,
+                old: torch.Tensor | None = None, clip: float = 0.2) -> dict:
+    """The loss above on the noised copies (big, t, xt) of draw_masks, advantages (G,) of the G records (repeated
+    over the copies); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1).
+    {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per counted position, nats)}."""
+    lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
     with torch.no_grad():
-        ref_logp = objective.process.log_probs(reference(xt, t, **model_kwargs(big)))  # (G*m, L, V)
-        ref_lp = ref_logp.gather(-1, big.tokens[..., None])[..., 0]
-    n = (big.mask.sum(-1) if big.mask is not None else torch.full((G * masks,), big.tokens.shape[1],
-                                                                  device=nll.device)).clamp_min(1)
-    elbo = -(objective.weight(t) * nll.sum(-1)) / n  # (G*m,) per counted position
-    q = counted(ref_lp + nll, big) * masked  # log p_ref - log p_theta at masked counted positions
-    k3 = (q.exp() - q - 1.0) * masked
-    kl = k3.sum() / masked.sum().clamp_min(1)
-    pg = -(advantages.repeat(masks) * elbo).mean()
-    return {"loss": pg + beta * kl, "kl": kl.detach(), "elbo": elbo.detach().mean()}
+        ref_logp = token_logp(reference, objective, big, xt, t)[2]
+    N = big.tokens.shape[0]
+    n = (big.mask.sum(-1) if big.mask is not None else torch.full((N,), big.tokens.shape[1],
+                                                                  device=lp.device)).clamp_min(1)
+    scale = objective.weight(t) / n  # (N,) w(t) / n
+    a = advantages.repeat(N // advantages.shape[0])[:, None]  # (N, 1)
+    rho = torch.exp(lp - (lp.detach() if old is None else old)) * masked  # (N, L)
+    surrogate = torch.minimum(rho * a, rho.clamp(1 - clip, 1 + clip) * a) * masked
+    J = (scale * surrogate.sum(-1)).mean()
+    per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (N, L) KL(p_theta || p_ref) of each position
+    kl = (per_position * masked).sum() / masked.sum().clamp_min(1)  # masked: counted positions only (draw_masks)
+    return {"loss": -J + beta * kl, "kl": kl.detach(), "elbo": (scale * lp.detach().sum(-1)).mean()}
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -95,19 +113,21 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 1e-4,
-             beta: float = 0.05, masks: int = 2, seed: int = 0, log=None) -> list[dict]:
-    """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` Adam steps, each on a
-    fresh group of `group` records sampled with `steps` denoising steps (default the model's sample.steps).
+             beta: float = 0.05, masks: int = 2, inner: int = 1, clip: float = 0.2, seed: int = 0,
+             log=None) -> list[dict]:
+    """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
+    sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
-    Returns one dict per iteration: reward (mean), reward_median, kl, elbo, unique (distinct rows / G)."""
+    Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
+    group), unique (distinct rows / G)."""
     _check(model)
-    for name, v in (("iterations", iterations), ("group", group), ("masks", masks)):
+    for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be a positive whole number, got {v!r}")
     if group < 2:
         raise UserError("GRPO compares records within a group: group must be at least 2")
-    if not (lr > 0 and beta >= 0):
-        raise UserError(f"GRPO needs lr > 0 and beta >= 0, got lr={lr}, beta={beta}")
+    if not (lr > 0 and beta >= 0 and clip > 0):
+        raise UserError(f"GRPO needs lr > 0, beta >= 0 and clip > 0, got lr={lr}, beta={beta}, clip={clip}")
     backbone = model.backbone
     reference = copy.deepcopy(backbone).eval().requires_grad_(False)
     objective = MDLMObjective(model.process, "stratified")
@@ -127,12 +147,18 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             if not bool(finite.all()):  # -inf (impossible) records: the group's worst, not an infinity
                 r = torch.where(finite, r, r[finite].min() - 1.0 if bool(finite.any()) else torch.zeros_like(r))
             a = advantages(r).to(model.device)
-            terms = policy_loss(backbone, reference, objective, batch, a, beta, masks, g)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt.step()
+            big, t, xt = draw_masks(objective, batch, masks, g)
+            with torch.no_grad():
+                old = token_logp(backbone, objective, big, xt, t)[0] if inner > 1 else None
+            for k in range(inner):
+                terms = policy_loss(backbone, reference, objective, big, t, xt, a, beta, old, clip)
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                opt.step()
+                if k == 0:
+                    first = terms  # the KL and ELBO of the weights that drew the group
             history.append({"reward": round(float(r.mean()), 5), "reward_median": round(statistics.median(r.tolist()), 5),
-                            "kl": round(float(terms["kl"]), 6), "elbo": round(float(terms["elbo"]), 5),
+                            "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
                             "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4)})
             if log is not None:
                 h = history[-1]
