@@ -37,12 +37,29 @@ def test_record_rows_are_padded_after_the_first_eos_as_in_training(padding):
     model = _model(specials=True, padding=padding)
     eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
     rows = torch.tensor([[0, 1, eos, 3, eos, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6, 7]])
-    b = record_rows(model, rows)
+    b, scored = record_rows(model, rows)
     assert b.tokens.tolist() == [[0, 1, eos, pad, pad, pad, pad, pad], [0, 1, 2, 3, 4, 5, 6, 7]]
+    # the policy term scores the record and its <eos>; a row that never ended, whole
+    assert scored.tolist() == [[True] * 3 + [False] * 5, [True] * L]
     if padding == "learn":
-        assert b.mask is None  # every position counts, as the model was trained
-    else:  # the record and its <eos> count; a row that never ended counts whole
-        assert b.mask.tolist() == [[True] * 3 + [False] * 5, [True] * L]
+        assert b.mask is None  # every position counts in the model's loss and may be masked, as in training
+    else:
+        assert torch.equal(b.mask, scored)
+
+
+def test_the_policy_term_leaves_the_padding_to_the_kl():
+    model = _model(specials=True)
+    eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
+    b, scored = record_rows(model, torch.tensor([[0, eos] + [pad] * (L - 2)]))
+    objective = MDLMObjective(model.process, "stratified")
+    big, t, xt = draw_masks(objective, b, 1)
+    xt = torch.full_like(xt, model.process.mask_id)  # every position masked
+    ref = copy.deepcopy(model.backbone).requires_grad_(False)
+    policy_loss(model.backbone, ref, objective, big, t, xt, torch.tensor([1.0]), 0.0, scored=scored)["loss"].backward()
+    grad_pad = model.backbone.head.weight.grad[pad].abs().sum()  # no row scores <pad>: only its softmax share
+    model.backbone.zero_grad()
+    policy_loss(model.backbone, ref, objective, big, t, xt, torch.tensor([1.0]), 0.0)["loss"].backward()
+    assert model.backbone.head.weight.grad[pad].abs().sum() > 2 * grad_pad  # scoring <pad> too pushes it up
 
 
 def test_the_loss_has_zero_kl_against_itself_and_its_step_favours_the_better_record():

@@ -16,10 +16,10 @@ mask per record and per copy, `masks` copies, MDLM's continuous-time weight w(t)
 Each group serves `inner` Adam steps on the same records and masks, with PPO's clipped per-token ratio
 rho_l = p_theta(x^l | x_t) / p_old(x^l | x_t) against the weights that drew the group (as diffu-GRPO does):
 
-    J = mean_i  w(t_i) / n_i * sum_{l masked} min(rho_l A_i, clip(rho_l, 1 - eps, 1 + eps) A_i)
+    J = mean_i  w(t_i) / n_i * sum_{l masked, l <= <eos>} min(rho_l A_i, clip(rho_l, 1 - eps, 1 + eps) A_i)
     loss = -J + beta * mean_{i, masked l} KL(p_theta(. | x_t) || p_ref(. | x_t))_l
 
-n_i: the record's counted positions (GRPO's per-token average). At the first inner step rho = 1 and the gradient
+n_i: the record's tokens and its <eos> (GRPO's per-token average; the <pad> after it: see record_rows). At the first inner step rho = 1 and the gradient
 of J is the plain policy gradient mean_i A_i grad ELBO_theta(x^i) / n_i. The KL term is GRPO's, taken exactly over
 the vocabulary of each masked position's denoising distribution (the network gives all of it) against the frozen
 pretrained copy on the same x_t; GRPO's sampled estimator k3 = exp(q) - q - 1 of one token (q = log p_ref -
@@ -47,14 +47,19 @@ def _check(model):
                         f"{model.family.name}")
 
 
-def record_rows(model, tokens: torch.Tensor) -> Batch:
-    """Sampled rows (G, L) as the model trains on them (data/record_data.py): after a row's first <eos> every
-    position is <pad>; with data.padding=skip only the record and its <eos> count (and are attended to), with
-    learn (or no records) every position counts."""
+def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
+    """Sampled rows (G, L) as the model trains on them (data/record_data.py), and the positions the policy term
+    scores (G, L) bool. After a row's first <eos> every position is <pad>; with data.padding=skip only the record
+    and its <eos> count (and are attended to), with learn (or no records) every position counts and may be
+    masked. The policy term scores the record and its <eos> only (every position without an <eos>): a row's text
+    ends at its <eos> (sampling/stops.py), so the <pad> after it says nothing the <eos> has not said, and with
+    it the group's low-reward short records pushed the near-certain <pad> predictions down — Adam scales
+    their vanishing gradients up — until the KL to the base there reached 14-17 nats per position (1.6 on the
+    records' own tokens; runs/grpo-qed before this rule). The KL term still covers the <pad> positions."""
     eos = getattr(model.tokenizer, "eos_id", None)
     pad = getattr(model.tokenizer, "pad_id", None)
     if eos is None or pad is None:
-        return Batch(tokens)
+        return Batch(tokens), torch.ones_like(tokens, dtype=torch.bool)
     L = tokens.shape[1]
     pos = torch.arange(L, device=tokens.device)
     is_eos = tokens == eos
@@ -62,8 +67,8 @@ def record_rows(model, tokens: torch.Tensor) -> Batch:
     after = pos[None] > first[:, None]  # (G, L) past the <eos>
     rows = torch.where(after, torch.full_like(tokens, pad), tokens)
     if getattr(model.cfg.data, "padding", "learn") == "skip":
-        return Batch(rows, ~after)
-    return Batch(rows)
+        return Batch(rows, ~after), ~after
+    return Batch(rows), ~after
 
 
 def draw_masks(objective, batch: Batch, masks: int, generator=None):
@@ -86,24 +91,26 @@ def token_logp(net, objective, big: Batch, xt, t):
 
 
 def policy_loss(backbone, reference, objective, big: Batch, t, xt, advantages: torch.Tensor, beta: float,
-                old: torch.Tensor | None = None, clip: float = 0.2) -> dict:
+                old: torch.Tensor | None = None, clip: float = 0.2, scored: torch.Tensor | None = None) -> dict:
     """The loss above on the noised copies (big, t, xt) of draw_masks, advantages (G,) of the G records (repeated
-    over the copies); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1).
-    {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per counted position, nats)}."""
+    over the copies); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
+    scored (N, L) bool: the positions J counts, n_i their number (None: the batch's counted positions; see
+    record_rows). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position)}."""
     lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
     with torch.no_grad():
         ref_logp = token_logp(reference, objective, big, xt, t)[2]
     N = big.tokens.shape[0]
-    n = (big.mask.sum(-1) if big.mask is not None else torch.full((N,), big.tokens.shape[1],
-                                                                  device=lp.device)).clamp_min(1)
-    scale = objective.weight(t) / n  # (N,) w(t) / n
+    if scored is None:
+        scored = torch.ones_like(masked) if big.mask is None else big.mask
+    scale = objective.weight(t) / scored.sum(-1).clamp_min(1)  # (N,) w(t) / n
     a = advantages.repeat(N // advantages.shape[0])[:, None]  # (N, 1)
-    rho = torch.exp(lp - (lp.detach() if old is None else old)) * masked  # (N, L)
-    surrogate = torch.minimum(rho * a, rho.clamp(1 - clip, 1 + clip) * a) * masked
+    acts = masked & scored  # (N, L) the positions J counts
+    rho = torch.exp(lp - (lp.detach() if old is None else old)) * acts  # (N, L)
+    surrogate = torch.minimum(rho * a, rho.clamp(1 - clip, 1 + clip) * a) * acts
     J = (scale * surrogate.sum(-1)).mean()
     per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (N, L) KL(p_theta || p_ref) of each position
     kl = (per_position * masked).sum() / masked.sum().clamp_min(1)  # masked: counted positions only (draw_masks)
-    return {"loss": -J + beta * kl, "kl": kl.detach(), "elbo": (scale * lp.detach().sum(-1)).mean()}
+    return {"loss": -J + beta * kl, "kl": kl.detach(), "elbo": (scale * (lp.detach() * acts).sum(-1)).mean()}
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -141,7 +148,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
         for it in range(iterations):
             out = model.generate(group, steps=steps, max_length=max_length, seed=seed * 1_000_003 + it,
                                  batch_size=group, decode=False)
-            batch = record_rows(model, out.tokens.to(model.device))
+            batch, scored = record_rows(model, out.tokens.to(model.device))
             r = torch.as_tensor(reward(batch.tokens), dtype=torch.float64).reshape(-1)
             finite = torch.isfinite(r)
             if not bool(finite.all()):  # -inf (impossible) records: the group's worst, not an infinity
@@ -151,7 +158,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             with torch.no_grad():
                 old = token_logp(backbone, objective, big, xt, t)[0] if inner > 1 else None
             for k in range(inner):
-                terms = policy_loss(backbone, reference, objective, big, t, xt, a, beta, old, clip)
+                terms = policy_loss(backbone, reference, objective, big, t, xt, a, beta, old, clip,
+                                    scored.repeat(masks, 1))
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
