@@ -85,6 +85,9 @@ def test_grpo_finetune_writes_a_loadable_model_and_its_history(tiny_run, tmp_pat
     assert report["settings"]["group"] == 4 and report["history"][0]["kl"] == 0.0
     assert all(0.0 <= h["reward"] <= 1.0 for h in report["history"])
     assert not (out / "surrogate").exists()
+    code, _, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
+                            "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet", "--overwrite"])
+    assert code == 0, err  # an earlier grpo run is ddlm's to replace
     tuned = SequenceModel.from_pretrained(out)  # (this 4-step base draws few valid molecules: the toy oracle in
     assert len(tuned.generate(n=2, steps=4, seed=0).texts) == 2  # test_grpo.py is what shows the reward rising)
 

@@ -22,7 +22,8 @@ MARKER = ".ddlm-run"
 # every entry the trainer writes into a run directory (the *.tmp ones exist only while a write is under way)
 OWNED = frozenset({MARKER, "config.yaml", "config.yaml.tmp", "tokenizer.json", "tokenizer.json.tmp", "log.csv",
                    "log.csv.tmp", "checkpoints", "model", "tensorboard",
-                   "surrogate", "drakes.json"})  # the last two: `ddlm finetune` (guidance/cli_finetune.py)
+                   # `ddlm finetune` (guidance/cli_finetune.py):
+                   "surrogate", "drakes.json", "grpo.json"})
 # folders that hold a project or a home, never a run: refused even when asked to overwrite
 _PROJECT_FILES = (".git", "pyproject.toml", "setup.py", ".hg")
 
