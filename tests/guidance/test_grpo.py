@@ -118,7 +118,7 @@ def test_finetuning_raises_an_exact_reward_and_beta_holds_it_back():
         model = _model()
         before = share(model)
         hist = finetune(model, lambda tok: (tok == 0).sum(-1).double(), iterations=25, group=16, steps=L,
-                        lr=1e-2, beta=beta, seed=0)
+                        lr=1e-2, beta=beta, masks=2, inner=1, seed=0)
         after[beta] = share(model)
         assert hist[0]["kl"] == 0.0 and len(hist) == 25
         tails[beta] = sum(h["kl"] for h in hist[-5:]) / 5
@@ -136,7 +136,7 @@ def test_inner_steps_reuse_a_group_and_learn_faster_per_sample():
     for inner in (1, 4):
         model = _model()
         finetune(model, lambda tok: (tok == 0).sum(-1).double(), iterations=6, group=16, steps=L, lr=3e-3, beta=0.0,
-                 inner=inner)
+                 masks=2, inner=inner)
         after[inner] = share(model)
     assert after[4] > after[1] + 0.2, after
 

@@ -99,13 +99,14 @@ def _drakes(args, model, steps, say, log):
     batch = args.batch_size or 16
     beta = 0.1 if args.beta is None else args.beta
     tau = 1.0 if args.tau is None else args.tau
+    lr = 1e-4 if args.lr is None else args.lr
     say(f"drakes: {args.max_steps} steps of {batch} trajectories ({steps} denoising steps, gradients "
-        f"through the last {args.grad_steps or steps}), beta {beta}, lr {args.lr}")
-    history = drakes.finetune(model, net, iterations=args.max_steps, n=batch, steps=steps, lr=args.lr,
+        f"through the last {args.grad_steps or steps}), beta {beta}, lr {lr}")
+    history = drakes.finetune(model, net, iterations=args.max_steps, n=batch, steps=steps, lr=lr,
                               beta=beta, tau=tau, grad_steps=args.grad_steps, seed=args.seed, log=log)
     report = {"reward": info["reward"], "surrogate_fit": info["fit"],
               "settings": {"max_steps": args.max_steps, "batch_size": batch, "steps": steps,
-                           "grad_steps": args.grad_steps, "beta": beta, "lr": args.lr, "tau": tau,
+                           "grad_steps": args.grad_steps, "beta": beta, "lr": lr, "tau": tau,
                            "seed": args.seed}}
 
     def write_extra(out):
@@ -133,14 +134,15 @@ def _grpo(args, model, steps, say, log):
     reward = checked_reward(lambda tokens: fn(texts_of(model, tokens)), name)
     group = args.batch_size or 32
     beta = 0.05 if args.beta is None else args.beta
-    masks = args.masks or 2
+    masks = args.masks or 4
+    lr = 2e-4 if args.lr is None else args.lr
     inner = args.inner or 4
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
-        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {args.lr}, {masks} masks per record")
-    history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=args.lr,
+        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} masks per record")
+    history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
                             beta=beta, masks=masks, inner=inner, seed=args.seed, log=log)
     report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
-                                           "beta": beta, "lr": args.lr, "masks": masks, "inner": inner,
+                                           "beta": beta, "lr": lr, "masks": masks, "inner": inner,
                                            "seed": args.seed}}
     return history, name, report, lambda out: None
 
@@ -171,9 +173,9 @@ def register(sub) -> None:
                    "steps only (default: all)")
     f.add_argument("--beta", type=_float, help="weight of KL(fine-tuned || base) (default 0.1 drakes, 0.05 grpo: "
                    "per sample for drakes, per masked token for grpo)")
-    f.add_argument("--lr", type=_float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    f.add_argument("--lr", type=_float, help="Adam learning rate (default 1e-4 drakes, 2e-4 grpo)")
     f.add_argument("--tau", type=_float, help="drakes: Gumbel-softmax temperature (default 1)")
-    f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 2)")
+    f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 4)")
     f.add_argument("--inner", type=_positive_int, help="grpo: Adam steps on each sampled group, with PPO's clipped "
                    "ratio after the first (default 4)")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "

@@ -119,8 +119,8 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
     return ((r - r.mean()) / (r.std(unbiased=False) + 1e-4)).float()
 
 
-def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 1e-4,
-             beta: float = 0.05, masks: int = 2, inner: int = 1, clip: float = 0.2, seed: int = 0,
+def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
+             beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
              log=None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
