@@ -19,13 +19,13 @@ rho_l = p_theta(x^l | x_t) / p_old(x^l | x_t) against the weights that drew the 
     J = mean_i  w(t_i) / n_i * sum_{l masked, l <= <eos>} min(rho_l A_i, clip(rho_l, 1 - eps, 1 + eps) A_i)
     loss = -J + beta * mean_{i, masked l} KL(p_theta(. | x_t) || p_ref(. | x_t))_l
 
-n_i: the record's tokens and its <eos> (GRPO's per-token average; the <pad> after it: see record_rows). At the first inner step rho = 1 and the gradient
-of J is the plain policy gradient mean_i A_i grad ELBO_theta(x^i) / n_i. The KL term is GRPO's, taken exactly over
-the vocabulary of each masked position's denoising distribution (the network gives all of it) against the frozen
-pretrained copy on the same x_t; GRPO's sampled estimator k3 = exp(q) - q - 1 of one token (q = log p_ref -
-log p_theta) was tried first: where the model had made a token unlikely that the reference still liked, exp(q)
-reached 1e11 in a run without the KL term. A group whose rewards all agree (every A_i = 0) only pulls towards the
-reference.
+n_i: the record's tokens and its <eos> (GRPO's per-token average; the <pad> after it: see record_rows). At the
+first inner step rho = 1 and the gradient of J is the plain policy gradient mean_i A_i grad ELBO_theta(x^i) / n_i.
+The KL term is GRPO's, taken exactly over the vocabulary of each masked position's denoising distribution (the
+network gives all of it) against the frozen pretrained copy on the same x_t; GRPO's sampled estimator
+k3 = exp(q) - q - 1 of one token (q = log p_ref - log p_theta) was tried first: where the model had made a token
+unlikely that the reference still liked, exp(q) reached 1e11 in a run without the KL term. A group whose rewards
+all agree (every A_i = 0) only pulls towards the reference.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
     """Sampled rows (G, L) as the model trains on them (data/record_data.py), and the positions the policy term
     scores (G, L) bool. After a row's first <eos> every position is <pad>; with data.padding=skip only the record
     and its <eos> count (and are attended to), with learn (or no records) every position counts and may be
-    masked. The policy term scores the record and its <eos> only (every position without an <eos>): a row's text
-    ends at its <eos> (sampling/stops.py), so the <pad> after it says nothing the <eos> has not said, and with
-    it the group's low-reward short records pushed the near-certain <pad> predictions down — Adam scales
-    their vanishing gradients up — until the KL to the base there reached 14-17 nats per position (1.6 on the
-    records' own tokens; runs/grpo-qed before this rule). The KL term still covers the <pad> positions."""
+    masked. The policy term scores the record and its <eos> only (every position of a row without an <eos>): a
+    row's text ends at its first <eos> (sampling/stops.py), so the <pad> after it are not part of the text and
+    scoring them only adds gradient; the KL term still covers them. (Measured on QED: with <pad> scored, one run's
+    KL at <pad> positions reached 14-17 nats per position; without, another run's still reached 12, as the
+    fine-tuned model writes where the base would pad: README, GRPO.)"""
     eos = getattr(model.tokenizer, "eos_id", None)
     pad = getattr(model.tokenizer, "pad_id", None)
     if eos is None or pad is None:
@@ -165,7 +165,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                 opt.step()
                 if k == 0:
                     first = terms  # the KL and ELBO of the weights that drew the group
-            history.append({"reward": round(float(r.mean()), 5), "reward_median": round(statistics.median(r.tolist()), 5),
+            history.append({"reward": round(float(r.mean()), 5),
+                            "reward_median": round(statistics.median(r.tolist()), 5),
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
                             "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4)})
             if log is not None:
