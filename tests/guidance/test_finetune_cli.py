@@ -3,6 +3,9 @@ whose samples the surrogate scores higher than the base model's at the same seed
 
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -90,6 +93,30 @@ def test_grpo_finetune_writes_a_loadable_model_and_its_history(tiny_run, tmp_pat
     assert code == 0, err  # an earlier grpo run is ddlm's to replace
     tuned = SequenceModel.from_pretrained(out)  # (this 4-step base draws few valid molecules: the toy oracle in
     assert len(tuned.generate(n=2, steps=4, seed=0).texts) == 2  # test_grpo.py is what shows the reward rising)
+
+
+@needs_molecules
+def test_ctrl_c_ends_finetuning_after_the_step_and_keeps_the_model_so_far(tiny_run, tmp_path):
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "ddlm", "finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out",
+           str(out), "--max-steps", "100000", "--batch-size", "2", "--steps", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "grpo 1/100000" not in line:  # the first step is done
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "interrupted after" in err and str(out) in err and stdout == ""
+    report = json.loads((out / "grpo.json").read_text())
+    assert report["interrupted"] is True and 1 <= len(report["history"]) < 100000
+    assert (out / "model" / "config.json").is_file()
 
 
 @needs_molecules

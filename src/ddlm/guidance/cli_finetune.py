@@ -25,6 +25,7 @@ def cmd_finetune(args) -> int:
 
     from ..cli_common import _threads
     from ..pipeline import SequenceModel
+    from ..train.guard import EXIT_INTERRUPTED, SignalGuard
     from ..train.rundir import check_run_dir, clear_run_dir, write_marker
 
     start = time.perf_counter()
@@ -51,7 +52,12 @@ def cmd_finetune(args) -> int:
             say(line)
 
     run = _grpo if args.method == "grpo" else _drakes
-    history, name, report, write_extra = run(args, model, steps, say, log)
+    guard = SignalGuard(f"ddlm finetune: stopped at once (second signal); nothing written to {out}")
+    with guard:  # the first Ctrl-C ends the run after the current step and keeps what it has learned
+        history, name, report, write_extra = run(args, model, steps, say, log, lambda: bool(guard.flag))
+    if not history:
+        print(f"ddlm finetune: interrupted before the first step; nothing written to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if clear:
         clear_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,8 +67,12 @@ def cmd_finetune(args) -> int:
         model.save_pretrained(out / "model")
     write_extra(out)
     report = {"base": str(src), "method": args.method, **report, "history": history,
-              "seconds": round(time.perf_counter() - start, 1)}
+              "interrupted": bool(guard.flag), "seconds": round(time.perf_counter() - start, 1)}
     (out / f"{args.method}.json").write_text(json.dumps(report, indent=1))
+    if guard.flag:
+        print(f"ddlm finetune: interrupted after {len(history)} of {args.max_steps} steps; the model fine-tuned so "
+              f"far is in {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     first, last = history[0], history[-1]
     what = "surrogate reward" if args.method == "drakes" else f"mean {name} of the samples"
     print(f"fine-tuned {src} into {out} in {report['seconds']} s ({args.method}): {what} {first['reward']:.4f} -> "
@@ -71,7 +81,7 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def _drakes(args, model, steps, say, log):
+def _drakes(args, model, steps, say, log, stop):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
@@ -103,7 +113,8 @@ def _drakes(args, model, steps, say, log):
     say(f"drakes: {args.max_steps} steps of {batch} trajectories ({steps} denoising steps, gradients "
         f"through the last {args.grad_steps or steps}), beta {beta}, lr {lr}")
     history = drakes.finetune(model, net, iterations=args.max_steps, n=batch, steps=steps, lr=lr,
-                              beta=beta, tau=tau, grad_steps=args.grad_steps, seed=args.seed, log=log)
+                              beta=beta, tau=tau, grad_steps=args.grad_steps, seed=args.seed, log=log,
+                              stop=stop)
     report = {"reward": info["reward"], "surrogate_fit": info["fit"],
               "settings": {"max_steps": args.max_steps, "batch_size": batch, "steps": steps,
                            "grad_steps": args.grad_steps, "beta": beta, "lr": lr, "tau": tau,
@@ -116,7 +127,7 @@ def _drakes(args, model, steps, say, log):
     return history, info["reward"], report, write_extra
 
 
-def _grpo(args, model, steps, say, log):
+def _grpo(args, model, steps, say, log, stop):
     from . import grpo
     from .rewards import resolve_reward
     from .steer import texts_of
@@ -140,7 +151,7 @@ def _grpo(args, model, steps, say, log):
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
         f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} masks per record")
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
-                            beta=beta, masks=masks, inner=inner, seed=args.seed, log=log)
+                            beta=beta, masks=masks, inner=inner, seed=args.seed, log=log, stop=stop)
     report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
                                            "beta": beta, "lr": lr, "masks": masks, "inner": inner,
                                            "seed": args.seed}}

@@ -100,10 +100,11 @@ def trajectory(backbone, process, n: int, length: int, steps: int, *, tau: float
 
 def finetune(model, reward, *, iterations: int = 100, n: int = 16, length: int | None = None, steps: int = 16,
              lr: float = 1e-4, beta: float = 0.1, tau: float = 1.0, grad_steps: int | None = None, seed: int = 0,
-             log=None) -> list[dict]:
+             log=None, stop=None) -> list[dict]:
     """DRAKES on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` Adam steps of
     -mean(reward(x_0)) + beta * mean(KL) over n trajectories each. reward(x0 (n, L, V) one-hots) -> (n,)
-    differentiable. Returns one dict per iteration: reward, kl, loss."""
+    differentiable. Returns one dict per iteration: reward, kl, loss. stop() -> bool, asked after every step:
+    True ends the run there (Ctrl-C in `ddlm finetune`), the history so far returned."""
     process = model.process
     if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
         raise UserError("DRAKES fine-tunes a masked-diffusion model (mdlm); this model's family is "
@@ -136,6 +137,8 @@ def finetune(model, reward, *, iterations: int = 100, n: int = 16, length: int |
                 if log is not None:
                     log(f"drakes {it + 1}/{iterations}: reward {history[-1]['reward']:.4f}, "
                         f"KL {history[-1]['kl']:.4f}")
+                if stop is not None and stop():
+                    break
     finally:
         backbone.train(was)
     return history

@@ -121,12 +121,13 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
-             log=None) -> list[dict]:
+             log=None, stop=None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
-    group), unique (distinct rows / G)."""
+    group), unique (distinct rows / G). stop() -> bool, asked after every step: True ends the run there (Ctrl-C in
+    `ddlm finetune`), the history so far returned."""
     _check(model)
     for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -173,6 +174,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
                     f"KL {h['kl']:.4f}, unique {h['unique']:.2f}")
+            if stop is not None and stop():
+                break
     finally:
         backbone.train(was)
     return history
