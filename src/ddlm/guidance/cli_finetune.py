@@ -175,7 +175,8 @@ def register(sub) -> None:
                    "module:function (a list of texts -> numbers); drakes fits a surrogate to it")
     f.add_argument("--surrogate", metavar="PATH", help="drakes: a trained surrogate (a folder `ddlm finetune` "
                    "wrote, or its surrogate/) instead of training one")
-    f.add_argument("--max-steps", type=_positive_int, default=100, help="optimiser (Adam) steps (default 100)")
+    f.add_argument("--max-steps", type=_positive_int, default=100, help="steps, each on a fresh sample (default "
+                   "100): one Adam step each for drakes, --inner for grpo")
     f.add_argument("--batch-size", type=_positive_int, help="sampled trajectories (drakes, default 16) or the "
                    "group of records compared (grpo, default 32) per step")
     f.add_argument("--steps", type=_positive_int, help="denoising steps of each trajectory (default: the model's "
