@@ -54,7 +54,8 @@ def test_the_policy_term_leaves_the_padding_to_the_kl():
     objective = MDLMObjective(model.process, "stratified")
     big, t, xt = draw_masks(objective, b, 1)
     xt = torch.full_like(xt, model.process.mask_id)  # every position masked
-    ref = copy.deepcopy(model.backbone).requires_grad_(False)
+    with torch.no_grad():
+        ref = token_logp(model.backbone, objective, big, xt, t)[2]  # the reference: the model as it is
     policy_loss(model.backbone, ref, objective, big, t, xt, torch.tensor([1.0]), 0.0, scored=scored)["loss"].backward()
     grad_pad = model.backbone.head.weight.grad[pad].abs().sum()  # no row scores <pad>: only its softmax share
     model.backbone.zero_grad()
@@ -68,9 +69,10 @@ def test_the_loss_has_zero_kl_against_itself_and_its_step_favours_the_better_rec
     objective = MDLMObjective(model.process, "stratified")
     x = torch.tensor([[0] * L, [1] * L])  # "aaaaaaaa", "bbbbbbbb"
     a = advantages(torch.tensor([1.0, 0.0]))  # the first record is the better one: A = (+1, -1)
-    ref = copy.deepcopy(backbone).requires_grad_(False)
     big, t, xt = draw_masks(objective, Batch(x), 64, torch.Generator().manual_seed(0))
     assert big.tokens.shape == (128, L) and torch.equal(big.tokens[2:4], x)
+    with torch.no_grad():  # the frozen reference's log p(. | x_t): the model before any step
+        ref = token_logp(copy.deepcopy(backbone), objective, big, xt, t)[2]
     terms = policy_loss(backbone, ref, objective, big, t, xt, a, 0.5)
     assert float(terms["kl"]) == 0.0  # k3(p, p) = 0 exactly
     # at rho = 1 the gradient is the plain policy gradient: -mean(A * ELBO per token)

@@ -27,6 +27,7 @@ def cmd_finetune(args) -> int:
     from ..pipeline import SequenceModel
     from ..train.guard import EXIT_INTERRUPTED, SignalGuard
     from ..train.rundir import check_run_dir, clear_run_dir, write_marker
+    from .value import require_masked_diffusion
 
     start = time.perf_counter()
     out, src = Path(args.out), Path(args.model)
@@ -38,10 +39,7 @@ def cmd_finetune(args) -> int:
     _threads(args.threads, 1)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     model = SequenceModel.from_pretrained(src)
-    process = model.process
-    if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
-        raise UserError(f"{args.method} fine-tunes a masked-diffusion model (mdlm); {src} is a "
-                        f"{model.family.name} model")
+    require_masked_diffusion(model, args.method, str(src))  # before a surrogate trains for minutes
     steps = args.steps or model.cfg.sample.steps
     every = max(1, args.max_steps // 20)
     count = [0]
@@ -55,9 +53,6 @@ def cmd_finetune(args) -> int:
     guard = SignalGuard(f"ddlm finetune: stopped at once (second signal); nothing written to {out}")
     with guard:  # the first Ctrl-C ends the run after the current step and keeps what it has learned
         history, name, report, write_extra = run(args, model, steps, say, log, lambda: bool(guard.flag))
-    if not history:
-        print(f"ddlm finetune: interrupted before the first step; nothing written to {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     if clear:
         clear_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..sampling.categorical import gumbel_like
+from .value import require_masked_diffusion
 
 
 class _SoftEmbedding(torch.nn.Module):
@@ -105,10 +106,8 @@ def finetune(model, reward, *, iterations: int = 100, n: int = 16, length: int |
     -mean(reward(x_0)) + beta * mean(KL) over n trajectories each. reward(x0 (n, L, V) one-hots) -> (n,)
     differentiable. Returns one dict per iteration: reward, kl, loss. stop() -> bool, asked after every step:
     True ends the run there (Ctrl-C in `ddlm finetune`), the history so far returned."""
+    require_masked_diffusion(model, "DRAKES")
     process = model.process
-    if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
-        raise UserError("DRAKES fine-tunes a masked-diffusion model (mdlm); this model's family is "
-                        f"{model.family.name}")
     for name, v in (("iterations", iterations), ("n", n), ("steps", steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be a positive whole number, got {v!r}")

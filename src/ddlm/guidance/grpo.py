@@ -38,13 +38,8 @@ import torch
 from ..data.batches import Batch
 from ..errors import UserError
 from ..objectives.mdlm import MDLMObjective
-
-
-def _check(model):
-    process = model.process
-    if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
-        raise UserError("GRPO fine-tunes a masked-diffusion model (mdlm); this model's family is "
-                        f"{model.family.name}")
+from ..sampling.stops import first_end
+from .value import require_masked_diffusion
 
 
 def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
@@ -60,11 +55,8 @@ def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
     pad = getattr(model.tokenizer, "pad_id", None)
     if eos is None or pad is None:
         return Batch(tokens), torch.ones_like(tokens, dtype=torch.bool)
-    L = tokens.shape[1]
-    pos = torch.arange(L, device=tokens.device)
-    is_eos = tokens == eos
-    first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), torch.full_like(tokens[:, 0], L))  # (G,)
-    after = pos[None] > first[:, None]  # (G, L) past the <eos>
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
+    after = pos[None] > first_end(tokens, (eos,))[:, None]  # (G, L) past the first <eos>
     rows = torch.where(after, torch.full_like(tokens, pad), tokens)
     if getattr(model.cfg.data, "padding", "learn") == "skip":
         return Batch(rows, ~after), ~after
@@ -90,15 +82,16 @@ def token_logp(net, objective, big: Batch, xt, t):
     return -nll, masked, logp
 
 
-def policy_loss(backbone, reference, objective, big: Batch, t, xt, advantages: torch.Tensor, beta: float,
-                old: torch.Tensor | None = None, clip: float = 0.2, scored: torch.Tensor | None = None) -> dict:
+def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, advantages: torch.Tensor,
+                beta: float, old: torch.Tensor | None = None, clip: float = 0.2,
+                scored: torch.Tensor | None = None) -> dict:
     """The loss above on the noised copies (big, t, xt) of draw_masks, advantages (G,) of the G records (repeated
-    over the copies); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
+    over the copies); ref_logp (N, L, V): the frozen reference's log p(. | x_t) (token_logp(...)[2], the same for
+    every inner step); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
     scored (N, L) bool: the positions J counts, n_i their number (None: the batch's counted positions; see
-    record_rows). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position)}."""
+    record_rows). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position),
+    "token_logp" (N, L) detached: the `old` of the steps after this one}."""
     lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
-    with torch.no_grad():
-        ref_logp = token_logp(reference, objective, big, xt, t)[2]
     N = big.tokens.shape[0]
     if scored is None:
         scored = torch.ones_like(masked) if big.mask is None else big.mask
@@ -110,7 +103,8 @@ def policy_loss(backbone, reference, objective, big: Batch, t, xt, advantages: t
     J = (scale * surrogate.sum(-1)).mean()
     per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (N, L) KL(p_theta || p_ref) of each position
     kl = (per_position * masked).sum() / masked.sum().clamp_min(1)  # masked: counted positions only (draw_masks)
-    return {"loss": -J + beta * kl, "kl": kl.detach(), "elbo": (scale * (lp.detach() * acts).sum(-1)).mean()}
+    return {"loss": -J + beta * kl, "kl": kl.detach(), "elbo": (scale * (lp.detach() * acts).sum(-1)).mean(),
+            "token_logp": lp.detach()}
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -128,7 +122,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
     group), unique (distinct rows / G). stop() -> bool, asked after every step: True ends the run there (Ctrl-C in
     `ddlm finetune`), the history so far returned."""
-    _check(model)
+    require_masked_diffusion(model, "GRPO")
     for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be a positive whole number, got {v!r}")
@@ -157,15 +151,16 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             a = advantages(r).to(model.device)
             big, t, xt = draw_masks(objective, batch, masks, g)
             with torch.no_grad():
-                old = token_logp(backbone, objective, big, xt, t)[0] if inner > 1 else None
-            for k in range(inner):
-                terms = policy_loss(backbone, reference, objective, big, t, xt, a, beta, old, clip,
-                                    scored.repeat(masks, 1))
+                ref_logp = token_logp(reference, objective, big, xt, t)[2]  # (N, L, V), frozen: once a group
+            first = None  # the first inner step's terms: the KL and ELBO of the weights that drew the group
+            for _ in range(inner):
+                terms = policy_loss(backbone, ref_logp, objective, big, t, xt, a, beta,
+                                    None if first is None else first["token_logp"], clip, scored.repeat(masks, 1))
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
-                if k == 0:
-                    first = terms  # the KL and ELBO of the weights that drew the group
+                if first is None:
+                    first = terms
             history.append({"reward": round(float(r.mean()), 5),
                             "reward_median": round(statistics.median(r.tolist()), 5),
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),

@@ -80,3 +80,12 @@ def check_alpha(alpha, what: str) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
         raise UserError(f"{what} must be a number >= 0 (0 = keep the best), got {alpha!r}")
     return float(alpha)
+
+
+def require_masked_diffusion(model, method: str, name: str = "this model") -> None:
+    """A UserError unless `model` is a masked-diffusion (mdlm) SequenceModel: reward fine-tuning (DRAKES, GRPO)
+    walks MDLM's reverse process and scores with its ELBO."""
+    process = model.process
+    if getattr(process, "mask_id", None) is None or model.family.causal or not hasattr(process, "schedule"):
+        raise UserError(f"{method} fine-tunes a masked-diffusion model (mdlm); {name} is a {model.family.name} "
+                        "model")
