@@ -152,9 +152,11 @@ def test_a_guided_group_is_the_models_plain_samples_then_its_svdd_samples():
     model = _model()
     rows = draw_group(model, 6, guided=2, candidates=3, guide=_count_a, steps=L, seed=7)
     plain = model.generate(4, steps=L, seed=7, batch_size=4, decode=False).tokens
-    svdd = model.generate(2, steps=L, seed=7 + 2**32, batch_size=2, decode=False, reward=_count_a,
+    svdd = model.generate(2, steps=L, seed=7 + 0x9E3779B9, batch_size=2, decode=False, reward=_count_a,
                           svdd_candidates=3).tokens
     assert torch.equal(rows, torch.cat([plain, svdd]))
+    same_seed = model.generate(2, steps=L, seed=7, batch_size=2, decode=False, reward=_count_a, svdd_candidates=3)
+    assert not torch.equal(svdd, same_seed.tokens)  # the guided records draw from a stream of their own
     assert torch.equal(draw_group(model, 6, steps=L, seed=7),
                        model.generate(6, steps=L, seed=7, batch_size=6, decode=False).tokens)
 

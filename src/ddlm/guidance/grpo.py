@@ -127,14 +127,16 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 def draw_group(model, group: int, *, guided: int = 0, candidates: int = 4, guide=None, steps=None,
                max_length=None, seed: int = 0) -> torch.Tensor:
     """A group's rows (group, L): group - guided plain samples of the model (seed), then `guided` samples drawn
-    by SVDD with `candidates` per step and the reward `guide` (on texts: a name, module:function or callable;
-    seed + 2**32, a stream no plain draw of finetune uses), right-padded with <pad> to a common length."""
+    by SVDD with `candidates` per step and the reward `guide` (on texts: a name, module:function or callable),
+    right-padded with <pad> to a common length. The guided records' seed is (seed + 0x9E3779B9) mod 2**32, a
+    stream apart from the plain draws' small seeds (torch's generator keeps a seed's low 32 bits only, so an offset
+    of 2**32 would repeat the plain stream)."""
     parts = []
     if group > guided:
         parts.append(model.generate(group - guided, steps=steps, max_length=max_length, seed=seed,
                                     batch_size=group - guided, decode=False).tokens)
     if guided:
-        parts.append(model.generate(guided, steps=steps, max_length=max_length, seed=seed + 2**32, batch_size=guided,
+        parts.append(model.generate(guided, steps=steps, max_length=max_length, seed=(seed + 0x9E3779B9) % 2**32, batch_size=guided,
                                     decode=False, reward=guide, svdd_candidates=candidates).tokens)
     width = max(p.shape[1] for p in parts)
     if any(p.shape[1] != width for p in parts):
