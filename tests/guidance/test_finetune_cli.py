@@ -151,6 +151,11 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                    str(tmp_path / "j")], "add --guided N"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--guided", "5",
                    "--batch-size", "4", "--out", str(tmp_path / "k")], "more than the group"))
+    earlier = tmp_path / "earlier"  # an earlier fine-tuned run: finetune has no --resume to offer
+    assert main(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier),
+                 "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet"]) == 0
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier)],
+                  "use --overwrite to replace it"))
     stream = tmp_path / "stream"
     assert main(["train", "--preset", "tiny", "--out", str(stream), "--quiet", "--max-steps", "1"]) == 0
     cases.append((["finetune", str(stream), "--reward", "qed", "--out", str(tmp_path / "d")], "records"))

@@ -35,7 +35,7 @@ def cmd_finetune(args) -> int:
         raise UserError(f"--out {out} is the model being fine-tuned; write the fine-tuned model to a new folder")
     if src.exists() and out.resolve() in src.resolve().parents:
         raise UserError(f"--out {out} holds the model being fine-tuned; write the fine-tuned model to a new folder")
-    clear = check_run_dir(out, overwrite=args.overwrite)  # before anything slow
+    clear = check_run_dir(out, overwrite=args.overwrite, resumable=False)  # before anything slow
     _threads(args.threads, 1)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     model = SequenceModel.from_pretrained(src)

@@ -60,11 +60,12 @@ def _protected(path: Path) -> str | None:
     return None
 
 
-def check_run_dir(out: Path, *, overwrite: bool) -> bool:
+def check_run_dir(out: Path, *, overwrite: bool, resumable: bool = True) -> bool:
     """Whether a new run may be written into `out` (UserError if not); True when `clear_run_dir` must run first.
 
     Absent or empty: fine. A ddlm run: refused without `overwrite`, else to be cleared. Anything else
-    non-empty: refused, with or without `overwrite`."""
+    non-empty: refused, with or without `overwrite`. resumable: whether the command can --resume (the refusal
+    of an earlier run offers it)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a run directory; choose another --out")
@@ -72,6 +73,9 @@ def check_run_dir(out: Path, *, overwrite: bool) -> bool:
         return False
     if not overwrite:
         if is_run(out):
+            if not resumable:
+                raise UserError(f"run directory {out} holds an earlier run; use --overwrite to replace it or choose "
+                                "another --out")
             raise UserError(f"run directory {out} is not empty; use --resume {out} to continue it or --overwrite "
                             "to start again")
         raise UserError(f"{out} is not empty and is not a ddlm run; choose another --out (a new or empty folder)")
