@@ -10,7 +10,8 @@ smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-
 The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the same
 seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
 The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
-and `grpo+svdd` decodes that model with SVDD (M = --m): fine-tuning and reward-guided decoding compose.
+and `grpo+svdd` decodes that model with SVDD (M = --m): fine-tuning and reward-guided decoding compose;
+--grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N times the cost).
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,
@@ -27,7 +28,8 @@ equal a row's above are reused, not sampled again); a second table (method, sett
 validity, qed_median, qed_p90) and, with --json, a `curve` list in the JSON object. --plot PNG (with --curve;
 needs matplotlib) draws QED median against rows per molecule for the three methods.
 
-    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--grpo DIR] [--n 200]
+    python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--grpo DIR
+        [--grpo-best-of N]] [--n 200]
         [--steps 64] [--m 4] [--k 4] [--curve [--plot PNG]] [--json]
 """
 
@@ -131,13 +133,14 @@ class Draws:
         return self._done[key]
 
 
-def best_of(model, draw, n: int, N: int):
-    """(texts (n,), output, seconds): N plain draws per molecule (one generate call of n * N rows; molecule i
-    owns rows i*N..i*N+N-1), the one with the highest QED kept (the first of equals; invalid ones score 0)."""
+def best_of(model, draw, n: int, N: int, **extra):
+    """(texts (n,), output, seconds): N draws per molecule (one generate call of n * N rows with the options
+    `extra`, plain when none; molecule i owns rows i*N..i*N+N-1), the one with the highest QED kept (the first of
+    equals; invalid ones score 0)."""
     from ddlm.guidance.rewards import resolve_reward
     from ddlm.guidance.steer import texts_of
 
-    out, seconds = draw(model, n=n * N)
+    out, seconds = draw(model, n=n * N, **extra)
     qed, _ = resolve_reward("qed")
     texts = texts_of(model, out.tokens)
     r = np.asarray(qed(texts)).reshape(n, N)  # (n, N)
@@ -215,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--drakes", help="a model fine-tuned by `ddlm finetune` for the drakes row")
     p.add_argument("--grpo", help="a model fine-tuned by `ddlm finetune --method grpo` for the grpo and grpo+svdd "
                    "rows")
+    p.add_argument("--grpo-best-of", type=int, metavar="N", help="with --grpo: also the best of N SVDD draws of "
+                   "the fine-tuned model per molecule")
     p.add_argument("--cond-model", help="a model trained on a moses -qed4 kind for the cfg-1 and cfg-3 rows")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=64)
@@ -228,6 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--plot", metavar="PNG", help="with --curve: QED median against rows per molecule")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.grpo_best_of is not None and (not a.grpo or a.grpo_best_of < 2):
+        p.error("--grpo-best-of N needs --grpo DIR and N >= 2")
     if a.plot and not a.curve:
         p.error("--plot draws the --curve sweep; add --curve")
     torch.set_num_threads(1)
@@ -281,6 +288,9 @@ def main(argv=None) -> int:
         add("grpo", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", svdd_candidates=a.m)
         add("grpo+svdd", texts_of(tuned, o.tokens), o, s)
+        if a.grpo_best_of:
+            texts, o, s = best_of(tuned, draw, a.n, a.grpo_best_of, reward="qed", svdd_candidates=a.m)
+            add(f"grpo+svdd-best-of-{a.grpo_best_of}", texts, o, s)
     result = {"train_qed_p75": round(float(np.percentile(train_qed, 75)), 4), "n": a.n, "steps": a.steps,
               "svdd_candidates": a.m, "smc_particles": a.k, "smc_alpha": a.smc_alpha,
               "nll_t_samples": NLL_T_SAMPLES, "rows": rows}

@@ -119,6 +119,23 @@ def test_best_of_n_keeps_the_highest_qed_of_each_molecules_draws():
     assert draw(model, n=12)[0] is out  # the same call is sampled once
 
 
+def test_best_of_n_svdd_draws_take_the_best_of_each_molecules_svdd_draws(tmp_path):
+    from ddlm.guidance.rewards import resolve_reward
+    from ddlm.guidance.steer import texts_of
+
+    model = _curve_model()
+    kw = dict(n=3, steps=4, length=None, seed=0, sampler="ancestral")
+    best, out, _ = bench.best_of(model, bench.Draws(kw), 3, 2, reward="qed", svdd_candidates=2)
+    svdd = model.generate(**dict(kw, n=6), reward="qed", svdd_candidates=2)  # the one call it makes
+    assert torch.equal(out.tokens, svdd.tokens)
+    qed, _ = resolve_reward("qed")
+    every = texts_of(model, svdd.tokens)
+    assert [qed([b])[0] for b in best] == [max(qed(every[2 * i: 2 * i + 2])) for i in range(3)]
+    with pytest.raises(SystemExit) as e:  # refused before any model or data is loaded
+        bench.main(["--model", str(tmp_path / "none"), "--grpo-best-of", "4"])
+    assert e.value.code == 2
+
+
 def test_curve_settings_give_one_point_each_at_their_measured_cost():
     from ddlm.guidance.steer import texts_of
     from ddlm.tasks.molecules.metrics import to_mol
