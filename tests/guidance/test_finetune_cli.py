@@ -89,12 +89,8 @@ def test_grpo_finetune_writes_a_loadable_model_and_its_history(tiny_run, tmp_pat
     assert all(0.0 <= h["reward"] <= 1.0 for h in report["history"])
     assert not (out / "surrogate").exists()
     code, _, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
-                            "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet", "--overwrite",
-                            "--guided", "1", "--svdd", "2"])
+                            "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet", "--overwrite"])
     assert code == 0, err  # an earlier grpo run is ddlm's to replace
-    report = json.loads((out / "grpo.json").read_text())  # one of the two records drawn by SVDD
-    assert report["settings"]["guided"] == 1 and report["settings"]["svdd_candidates"] == 2
-    assert {"reward_plain", "reward_guided"} <= set(report["history"][0])
     tuned = SequenceModel.from_pretrained(out)  # (this 4-step base draws few valid molecules: the toy oracle in
     assert len(tuned.generate(n=2, steps=4, seed=0).texts) == 2  # test_grpo.py is what shows the reward rising)
 
@@ -145,12 +141,6 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                    str(tmp_path / "g")], "--tau belongs to --method drakes"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--masks", "2", "--out", str(tmp_path / "h")],
                   "--masks belongs to --method grpo"))
-    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--guided", "2", "--out", str(tmp_path / "i")],
-                  "--guided belongs to --method grpo"))
-    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--svdd", "2", "--out",
-                   str(tmp_path / "j")], "add --guided N"))
-    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--guided", "5",
-                   "--batch-size", "4", "--out", str(tmp_path / "k")], "more than the group"))
     earlier = tmp_path / "earlier"  # an earlier fine-tuned run: finetune has no --resume to offer
     assert main(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier),
                  "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet"]) == 0

@@ -80,8 +80,7 @@ def _drakes(args, model, steps, say, log, stop):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
-    for flag, value in (("--masks", args.masks), ("--inner", args.inner), ("--guided", args.guided),
-                        ("--svdd", args.svdd)):
+    for flag, value in (("--masks", args.masks), ("--inner", args.inner)):
         if value is not None:
             raise UserError(f"{flag} belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
@@ -137,9 +136,6 @@ def _grpo(args, model, steps, say, log, stop):
     for flag, value in (("--grad-steps", args.grad_steps), ("--tau", args.tau)):
         if value is not None:
             raise UserError(f"{flag} belongs to --method drakes; leave it out for grpo")
-    if args.svdd is not None and not args.guided:
-        raise UserError("--svdd M sets the candidates of the guided records; add --guided N (records of each group "
-                        "drawn by SVDD) or leave out --svdd")
     fn, name = resolve_reward(args.reward)
     reward = checked_reward(lambda tokens: fn(texts_of(model, tokens)), name)
     group = args.batch_size or 32
@@ -147,18 +143,12 @@ def _grpo(args, model, steps, say, log, stop):
     masks = args.masks or 4
     lr = 2e-4 if args.lr is None else args.lr
     inner = args.inner or 4
-    guided, candidates = args.guided or 0, args.svdd or 4
-    if guided > group:
-        raise UserError(f"--guided {guided} is more than the group (--batch-size {group})")
-    say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps "
-        + (f"({guided} of them by SVDD with {candidates} candidates) " if guided else "")
-        + f"and scored by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} masks per record")
+    say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
+        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} masks per record")
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
-                            beta=beta, masks=masks, inner=inner, seed=args.seed, guided=guided,
-                            candidates=candidates, guide=fn, log=log, stop=stop)
+                            beta=beta, masks=masks, inner=inner, seed=args.seed, log=log, stop=stop)
     report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
                                            "beta": beta, "lr": lr, "masks": masks, "inner": inner,
-                                           "guided": guided, "svdd_candidates": candidates if guided else None,
                                            "seed": args.seed}}
     return history, name, report, lambda out: None
 
@@ -195,11 +185,6 @@ def register(sub) -> None:
     f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 4)")
     f.add_argument("--inner", type=_positive_int, help="grpo: Adam steps on each sampled group, with PPO's clipped "
                    "ratio after the first (default 4)")
-    f.add_argument("--guided", type=_positive_int, help="grpo: records of each group drawn by SVDD from the current "
-                   "model and valued by the reward (the rest drawn plainly); the advantages compare all of them "
-                   "(default 0)")
-    f.add_argument("--svdd", type=_positive_int, metavar="M", help="grpo with --guided: SVDD candidates per "
-                   "denoising step (default 4)")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")

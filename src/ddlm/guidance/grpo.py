@@ -27,16 +27,11 @@ k3 = exp(q) - q - 1 of one token (q = log p_ref - log p_theta) was tried first: 
 unlikely that the reference still liked, exp(q) reached 1e11 in a run without the KL term. A group whose rewards
 all agree (every A_i = 0) only pulls towards the reference.
 
-Guided groups (`guided` > 0): that many of each group's records are drawn by SVDD (guidance/svdd.py, M
-candidates per step, valued by the reward) from the current model, the rest by the model alone, and the
-advantages compare all of them, so the guided records, better on average, are mostly the ones raised: the model
-learns towards its own reward-guided sampler (as expert iteration does) while the plain records keep GRPO's
-on-policy comparison. The guided records are off-policy: the ratio's old log-probs are the current weights',
-not SVDD's, and no importance weight corrects for the proposal, so this is a heuristic rather than an unbiased
-policy gradient. Measured on QED (README, GRPO): at an equal group of 64, half guided reaches about the plain
-run's reward at a fraction of its KL to the base. Advantages clipped at zero (raising the better records only,
-never lowering the worse) were tried and did not learn: the group's mean QED stayed at 0.48 over 30 steps where
-the plain run reached 0.62.
+Two variants were measured on QED (group 64; README, GRPO) and not kept: advantages clipped at zero (raising the
+better records only, never lowering the worse) did not learn (the group's mean QED 0.48 after 30 steps, against
+0.62 for the plain run); and groups half drawn by SVDD from the current model (off-policy records that pull the
+model towards its guided sampler) rose faster at a lower KL for 70 steps, then broke down (KL 2-6 nats, the
+model's own mean QED falling to 0.30-0.56) at both learning rates tried.
 """
 
 from __future__ import annotations
@@ -124,52 +119,21 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
     return ((r - r.mean()) / (r.std(unbiased=False) + 1e-4)).float()
 
 
-def draw_group(model, group: int, *, guided: int = 0, candidates: int = 4, guide=None, steps=None,
-               max_length=None, seed: int = 0) -> torch.Tensor:
-    """A group's rows (group, L): group - guided plain samples of the model (seed), then `guided` samples drawn
-    by SVDD with `candidates` per step and the reward `guide` (on texts: a name, module:function or callable),
-    right-padded with <pad> to a common length. The guided records' seed is (seed + 0x9E3779B9) mod 2**32, a
-    stream apart from the plain draws' small seeds (torch's generator keeps a seed's low 32 bits only, so an offset
-    of 2**32 would repeat the plain stream)."""
-    parts = []
-    if group > guided:
-        parts.append(model.generate(group - guided, steps=steps, max_length=max_length, seed=seed,
-                                    batch_size=group - guided, decode=False).tokens)
-    if guided:
-        parts.append(model.generate(guided, steps=steps, max_length=max_length, seed=(seed + 0x9E3779B9) % 2**32, batch_size=guided,
-                                    decode=False, reward=guide, svdd_candidates=candidates).tokens)
-    width = max(p.shape[1] for p in parts)
-    if any(p.shape[1] != width for p in parts):
-        pad = model.tokenizer.pad_id
-        parts = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in parts]
-    return torch.cat(parts)
-
-
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
-             guided: int = 0, candidates: int = 4, guide=None, log=None, stop=None) -> list[dict]:
+             log=None, stop=None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
-    guided: records of each group drawn by SVDD with `candidates` per step and the reward `guide` on texts (a
-    name, module:function or callable; required when guided > 0; see the module's docstring), the rest plainly.
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
-    group), unique (distinct rows / G); with guided records also reward_plain and reward_guided, the two parts'
-    means (the model's own reward is reward_plain's). stop() -> bool, asked after every step: True ends the run
-    there (Ctrl-C in `ddlm finetune`), the history so far returned."""
+    group), unique (distinct rows / G). stop() -> bool, asked after every step: True ends the run there (Ctrl-C in
+    `ddlm finetune`), the history so far returned."""
     require_masked_diffusion(model, "GRPO")
     for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be a positive whole number, got {v!r}")
     if group < 2:
         raise UserError("GRPO compares records within a group: group must be at least 2")
-    if isinstance(guided, bool) or not isinstance(guided, int) or not 0 <= guided <= group:
-        raise UserError(f"guided counts the SVDD records of a group: a whole number from 0 to the group ({group}), "
-                        f"got {guided!r}")
-    if guided and guide is None:
-        raise UserError("guided records are drawn by SVDD, which needs the reward on texts: pass guide=")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise UserError(f"candidates must be a positive whole number, got {candidates!r}")
     if not (lr > 0 and beta >= 0 and clip > 0):
         raise UserError(f"GRPO needs lr > 0, beta >= 0 and clip > 0, got lr={lr}, beta={beta}, clip={clip}")
     backbone = model.backbone
@@ -183,9 +147,9 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     backbone.eval()  # no dropout: the records are the sampler's and the ELBO the evaluator's
     try:
         for it in range(iterations):
-            rows = draw_group(model, group, guided=guided, candidates=candidates, guide=guide, steps=steps,
-                              max_length=max_length, seed=seed * 1_000_003 + it)
-            batch, scored = record_rows(model, rows.to(model.device))
+            out = model.generate(group, steps=steps, max_length=max_length, seed=seed * 1_000_003 + it,
+                                 batch_size=group, decode=False)
+            batch, scored = record_rows(model, out.tokens.to(model.device))
             r = torch.as_tensor(reward(batch.tokens), dtype=torch.float64).reshape(-1)
             finite = torch.isfinite(r)
             if not bool(finite.all()):  # -inf (impossible) records: the group's worst, not an infinity
@@ -207,15 +171,10 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                             "reward_median": round(statistics.median(r.tolist()), 5),
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
                             "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4)})
-            if guided:
-                history[-1]["reward_guided"] = round(float(r[group - guided:].mean()), 5)
-                if group > guided:
-                    history[-1]["reward_plain"] = round(float(r[:group - guided].mean()), 5)
             if log is not None:
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
-                    f"KL {h['kl']:.4f}, unique {h['unique']:.2f}"
-                    + (f"; guided records' mean {h['reward_guided']:.4f}" if guided else ""))
+                    f"KL {h['kl']:.4f}, unique {h['unique']:.2f}")
             if stop is not None and stop():
                 break
     finally:
