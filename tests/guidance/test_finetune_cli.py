@@ -80,12 +80,13 @@ def test_grpo_finetune_writes_a_loadable_model_and_its_history(tiny_run, tmp_pat
 
     out = tmp_path / "grpo"
     code, stdout, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
-                                 "--max-steps", "3", "--batch-size", "4", "--steps", "4"])
+                                 "--max-steps", "3", "--batch-size", "4", "--steps", "4", "--coupled"])
     assert code == 0, err
-    assert "grpo 3/3" in err and "(grpo): mean qed of the samples" in stdout
+    assert "grpo 3/3" in err and "4 coupled masks per record" in err and "(grpo): mean qed of the samples" in stdout
     report = json.loads((out / "grpo.json").read_text())
     assert report["method"] == "grpo" and report["reward"] == "qed" and len(report["history"]) == 3
-    assert report["settings"]["group"] == 4 and report["history"][0]["kl"] == 0.0
+    assert report["settings"]["group"] == 4 and report["settings"]["coupled"] is True
+    assert report["history"][0]["kl"] == 0.0
     assert all(0.0 <= h["reward"] <= 1.0 for h in report["history"])
     assert not (out / "surrogate").exists()
     code, _, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
@@ -141,6 +142,10 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                    str(tmp_path / "g")], "--tau belongs to --method drakes"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--masks", "2", "--out", str(tmp_path / "h")],
                   "--masks belongs to --method grpo"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--coupled", "--out", str(tmp_path / "i")],
+                  "--coupled belongs to --method grpo"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--coupled", "--masks", "3",
+                   "--out", str(tmp_path / "j")], "--masks must be even"))
     earlier = tmp_path / "earlier"  # an earlier fine-tuned run: finetune has no --resume to offer
     assert main(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier),
                  "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet"]) == 0

@@ -50,7 +50,7 @@ def test_the_policy_term_leaves_the_padding_to_the_kl():
     eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
     b, scored = record_rows(model, torch.tensor([[0, eos] + [pad] * (L - 2)]))
     objective = MDLMObjective(model.process, "stratified")
-    big, t, xt = draw_masks(objective, b, 1)
+    big, t, xt, _ = draw_masks(objective, b, 1)
     xt = torch.full_like(xt, model.process.mask_id)  # every position masked
     with torch.no_grad():
         ref = token_logp(model.backbone, objective, big, xt, t)[2]  # the reference: the model as it is
@@ -61,13 +61,57 @@ def test_the_policy_term_leaves_the_padding_to_the_kl():
     assert model.backbone.head.weight.grad[pad].abs().sum() > 2 * grad_pad  # scoring <pad> too pushes it up
 
 
+@pytest.mark.parametrize("padding", ["learn", "skip"])
+def test_coupled_masks_pair_each_mask_with_its_complement_at_the_mirrored_time(padding):
+    model = _model(specials=True, padding=padding)
+    eos = model.tokenizer.eos_id
+    b, _ = record_rows(model, torch.tensor([[0, 1, 2, eos, 0, 0, 0, 0], [3, 4, 5, 6, 7, 0, 1, 2]]))
+    objective = MDLMObjective(model.process, "stratified")
+    big, t, xt, w = draw_masks(objective, b, 6, torch.Generator().manual_seed(0), coupled=True)
+    assert big.tokens.shape == (12, L) and t.shape == w.shape == (12,)
+    half = 6
+    counted = torch.ones_like(xt, dtype=torch.bool) if big.mask is None else big.mask
+    masked = model.process.is_masked(xt)
+    assert torch.equal(masked[:half] ^ masked[half:], counted[:half])  # every counted token masked exactly once
+    assert not bool((masked & ~counted).any())  # context is never masked
+    assert torch.equal(torch.where(masked, big.tokens, xt), big.tokens)  # what is not masked is the record
+    sched = model.process.schedule
+    assert torch.allclose(1 - sched.alpha(t[half:]), sched.alpha(t[:half]), atol=1e-6)  # the mirrored time
+    # the log-linear schedule's complement weight -alpha'(t) / alpha(t) is its own w(t')
+    assert torch.allclose(w[half:], objective.weight(t[half:]), rtol=1e-4)
+    assert torch.allclose(w[:half], objective.weight(t[:half]))
+    with pytest.raises(UserError, match="masks must be even"):
+        draw_masks(objective, b, 3, coupled=True)
+
+
+def test_coupled_and_independent_masks_estimate_the_same_elbo():
+    """Both are unbiased estimates of a record's ELBO: over 40,000 copies their means agree to a few standard
+    errors (the same for a schedule whose complement time is found by bisection: cosine)."""
+    from ddlm.processes.schedules import Cosine
+
+    for schedule in (None, Cosine()):
+        model = _model()
+        if schedule is not None:
+            model.process.schedule = schedule
+        objective = MDLMObjective(model.process, "stratified")
+        x = Batch(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]]))
+        means = []
+        for coupled in (False, True):
+            big, t, xt, w = draw_masks(objective, x, 40_000, torch.Generator().manual_seed(1), coupled)
+            with torch.no_grad():
+                est = w * token_logp(model.backbone, objective, big, xt, t)[0].sum(-1)  # (40000,)
+            means.append((float(est.mean()), float(est.std()) / 200))
+        (a, se_a), (b_, se_b) = means
+        assert abs(a - b_) < 4 * (se_a ** 2 + se_b ** 2) ** 0.5, means
+
+
 def test_the_loss_has_zero_kl_against_itself_and_its_step_favours_the_better_record():
     model = _model()
     backbone = model.backbone
     objective = MDLMObjective(model.process, "stratified")
     x = torch.tensor([[0] * L, [1] * L])  # "aaaaaaaa", "bbbbbbbb"
     a = advantages(torch.tensor([1.0, 0.0]))  # the first record is the better one: A = (+1, -1)
-    big, t, xt = draw_masks(objective, Batch(x), 64, torch.Generator().manual_seed(0))
+    big, t, xt, w = draw_masks(objective, Batch(x), 64, torch.Generator().manual_seed(0))
     assert big.tokens.shape == (128, L) and torch.equal(big.tokens[2:4], x)
     with torch.no_grad():  # the frozen reference's log p(. | x_t): the model before any step
         ref = token_logp(backbone, objective, big, xt, t)[2]
@@ -89,7 +133,7 @@ def test_the_loss_has_zero_kl_against_itself_and_its_step_favours_the_better_rec
     backbone.zero_grad()
 
     def per_record(net):
-        b2, t2, xt2 = draw_masks(objective, Batch(x), 64, torch.Generator().manual_seed(1))
+        b2, t2, xt2, _ = draw_masks(objective, Batch(x), 64, torch.Generator().manual_seed(1))
         with torch.no_grad():
             lp = token_logp(net, objective, b2, xt2, t2)[0]
         return (objective.weight(t2) * lp.sum(-1)).view(64, 2).mean(0)  # (2,) ELBO of each record

@@ -80,7 +80,7 @@ def _drakes(args, model, steps, say, log, stop):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
-    for flag, value in (("--masks", args.masks), ("--inner", args.inner)):
+    for flag, value in (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None)):
         if value is not None:
             raise UserError(f"{flag} belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
@@ -143,13 +143,17 @@ def _grpo(args, model, steps, say, log, stop):
     masks = args.masks or 4
     lr = 2e-4 if args.lr is None else args.lr
     inner = args.inner or 4
+    if args.coupled and masks % 2:
+        raise UserError(f"--coupled pairs each mask with its complement: --masks must be even, got {masks}")
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
-        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} masks per record")
+        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
+        f"{'coupled ' if args.coupled else ''}masks per record")
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
-                            beta=beta, masks=masks, inner=inner, seed=args.seed, log=log, stop=stop)
+                            beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled, log=log,
+                            stop=stop)
     report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
-                                           "beta": beta, "lr": lr, "masks": masks, "inner": inner,
-                                           "seed": args.seed}}
+                                           "beta": beta, "lr": lr, "masks": masks, "coupled": args.coupled,
+                                           "inner": inner, "seed": args.seed}}
     return history, name, report, lambda out: None
 
 
@@ -185,6 +189,8 @@ def register(sub) -> None:
     f.add_argument("--masks", type=_positive_int, help="grpo: masked copies of each record in its ELBO (default 4)")
     f.add_argument("--inner", type=_positive_int, help="grpo: Adam steps on each sampled group, with PPO's clipped "
                    "ratio after the first (default 4)")
+    f.add_argument("--coupled", action="store_true", help="grpo: draw the masks in pairs, a mask and its "
+                   "complement, so each pair scores every token once (lower-variance ELBO; --masks even)")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")

@@ -13,6 +13,10 @@ mask per record and per copy, `masks` copies, MDLM's continuous-time weight w(t)
 
     ELBO_theta(x) ~= w(t) * sum_{l masked in x_t} log p_theta(x^l | x_t)
 
+With coupled=True the copies come in pairs, a mask and its complement (draw_masks), so each pair scores every
+token once: measured on 32 records of the 3000-step SELFIES model, the per-record ELBO estimate's standard
+deviation over 100 redraws falls from 0.77 to 0.52 nats/token at 2 masks and from 0.52 to 0.45 at 4.
+
 Each group serves `inner` Adam steps on the same records and masks, with PPO's clipped per-token ratio
 rho_l = p_theta(x^l | x_t) / p_old(x^l | x_t) against the weights that drew the group (as diffu-GRPO does):
 
@@ -69,16 +73,55 @@ def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
     return Batch(rows), ~after
 
 
-def draw_masks(objective, batch: Batch, masks: int, generator=None):
-    """`masks` noised copies of each record: (copies Batch (G*m rows), t (G*m,), x_t (G*m, L)); t stratified over
-    all copies (MDLM's low-discrepancy draw); what does not count is context, never masked."""
-    big = Batch(batch.tokens.repeat(masks, 1), None if batch.mask is None else batch.mask.repeat(masks, 1),
-                None if batch.cond is None else batch.cond.repeat(masks))
+def draw_masks(objective, batch: Batch, masks: int, generator=None, coupled: bool = False):
+    """`masks` noised copies of each record: (copies Batch (G*m rows), t (G*m,), x_t (G*m, L), w (G*m,) the ELBO
+    weight of each copy); t stratified over the drawn copies (MDLM's low-discrepancy draw); what does not count
+    is context, never masked.
+
+    coupled (masks even): the second half of the copies are the complements of the first half's masks
+    (DiffuCoder's coupled sampling, Gong et al. 2025, arXiv 2506.20639): a copy masked at time t with mask M is
+    paired with the same record masked exactly where M is not, at the time t' with 1 - alpha(t') = alpha(t), so
+    each pair scores every counted token once and the ELBO's mask noise partly cancels. Substituting
+    v = alpha(t) shows the complement is unbiased with the weight (1 - t_eps) * -alpha'(t) / alpha(t) (equal to
+    w(t') for the log-linear schedule), up to the ends of the t-range: [alpha(1), alpha(t_eps)] against
+    [1 - alpha(t_eps), 1 - alpha(1)], the same to 1e-6 for the default log-linear schedule and t_eps."""
+    if coupled and (masks % 2 or objective.T):
+        raise UserError("coupled masks come in pairs of a mask and its complement under a continuous-time "
+                        f"schedule: masks must be even (got {masks}) and process.discrete_steps 0")
+    drawn = masks // 2 if coupled else masks
+    big = _copies(batch, drawn)
     t = objective.sample_t(big.tokens.shape[0], generator, big.tokens.device)
     xt = objective.process.sample_xt(big.tokens, t, generator)
     if big.mask is not None:
         xt = torch.where(big.mask, xt, big.tokens)
-    return big, t, xt
+    w = objective.weight(t)
+    if not coupled:
+        return big, t, xt, w
+    sched = objective.process.schedule
+    counted = torch.ones_like(xt, dtype=torch.bool) if big.mask is None else big.mask
+    masked = objective.process.is_masked(xt)
+    xt_c = torch.where(counted & ~masked, torch.full_like(xt, objective.process.mask_id), big.tokens)  # (N/2, L)
+    t_c = complement_time(sched, t)
+    w_c = (1.0 - objective.t_eps) * -sched.dalpha(t) / sched.alpha(t).clamp_min(1e-12)
+    return _copies(batch, masks), torch.cat([t, t_c]), torch.cat([xt, xt_c]), torch.cat([w, w_c])
+
+
+def _copies(batch: Batch, m: int) -> Batch:
+    """The records of `batch` repeated m times (copy k of record i at row k * G + i)."""
+    return Batch(batch.tokens.repeat(m, 1), None if batch.mask is None else batch.mask.repeat(m, 1),
+                 None if batch.cond is None else batch.cond.repeat(m))
+
+
+def complement_time(schedule, t: torch.Tensor) -> torch.Tensor:
+    """t' (N,) with 1 - alpha(t') = alpha(t): the time whose masking rate is t's keeping rate. alpha decreases on
+    [0, 1], so bisection (60 halvings in float64) finds it for any schedule."""
+    target = 1.0 - schedule.alpha(t.double())  # alpha(t') wanted
+    lo, hi = torch.zeros_like(target), torch.ones_like(target)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        above = schedule.alpha(mid) > target  # alpha(mid) too high: t' is later
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return ((lo + hi) / 2).to(t.dtype)
 
 
 def token_logp(net, objective, big: Batch, xt, t):
@@ -90,18 +133,19 @@ def token_logp(net, objective, big: Batch, xt, t):
 
 def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, advantages: torch.Tensor,
                 beta: float, old: torch.Tensor | None = None, clip: float = 0.2,
-                scored: torch.Tensor | None = None) -> dict:
+                scored: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> dict:
     """The loss above on the noised copies (big, t, xt) of draw_masks, advantages (G,) of the G records (repeated
     over the copies); ref_logp (N, L, V): the frozen reference's log p(. | x_t) (token_logp(...)[2], the same for
     every inner step); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
     scored (N, L) bool: the positions J counts, n_i their number (None: the batch's counted positions; see
-    record_rows). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position),
+    record_rows); weight (N,): each copy's ELBO weight (draw_masks' w; None: objective.weight(t)). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position),
     "token_logp" (N, L) detached: the `old` of the steps after this one}."""
     lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
     N = big.tokens.shape[0]
     if scored is None:
         scored = torch.ones_like(masked) if big.mask is None else big.mask
-    scale = objective.weight(t) / scored.sum(-1).clamp_min(1)  # (N,) w(t) / n
+    w = objective.weight(t) if weight is None else weight
+    scale = w / scored.sum(-1).clamp_min(1)  # (N,) w(t) / n
     a = advantages.repeat(N // advantages.shape[0])[:, None]  # (N, 1)
     acts = masked & scored  # (N, L) the positions J counts
     rho = torch.exp(lp - (lp.detach() if old is None else old)) * acts  # (N, L)
@@ -121,7 +165,7 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
-             log=None, stop=None) -> list[dict]:
+             coupled: bool = False, log=None, stop=None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
@@ -155,13 +199,13 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             if not bool(finite.all()):  # -inf (impossible) records: the group's worst, not an infinity
                 r = torch.where(finite, r, r[finite].min() - 1.0 if bool(finite.any()) else torch.zeros_like(r))
             a = advantages(r).to(model.device)
-            big, t, xt = draw_masks(objective, batch, masks, g)
+            big, t, xt, w = draw_masks(objective, batch, masks, g, coupled)
             with torch.no_grad():
                 ref_logp = token_logp(reference, objective, big, xt, t)[2]  # (N, L, V), frozen: once a group
             first = None  # the first inner step's terms: the KL and ELBO of the weights that drew the group
             for _ in range(inner):
                 terms = policy_loss(backbone, ref_logp, objective, big, t, xt, a, beta,
-                                    None if first is None else first["token_logp"], clip, scored.repeat(masks, 1))
+                                    None if first is None else first["token_logp"], clip, scored.repeat(masks, 1), w)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
