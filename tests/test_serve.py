@@ -203,8 +203,12 @@ def test_cli_serves_until_ctrl_c_and_refuses_a_busy_port(tiny_run):
         taken.listen()
         status, _, err = run_cli(["serve", str(tiny_run[0]), "--port", str(taken.getsockname()[1])])
     assert status == 2 and "cannot listen" in err and len(err.strip().splitlines()) == 1
+    # SIGINT at its default in the child: a suite started in the background (`make test &`) ignores SIGINT, the
+    # child inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler (POSIX: a background job
+    # is not stopped by Ctrl-C), so the server would rightly ignore the signal this test sends
     proc = subprocess.Popen([sys.executable, "-m", "ddlm", "serve", str(tiny_run[0]), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()  # "ddlm serve: text model DIR on http://127.0.0.1:PORT/ (Ctrl-C stops)"
         address = line.split(" on ")[1].split()[0]
