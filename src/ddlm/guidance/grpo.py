@@ -139,8 +139,9 @@ def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, 
     over the copies); ref_logp (N, L, V): the frozen reference's log p(. | x_t) (token_logp(...)[2], the same for
     every inner step); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
     scored (N, L) bool: the positions J counts, n_i their number (None: the batch's counted positions; see
-    record_rows); weight (N,): each copy's ELBO weight (draw_masks' w; None: objective.weight(t)). {"loss", "kl" (mean KL per masked position, nats), "elbo" (mean ELBO per scored position),
-    "token_logp" (N, L) detached: the `old` of the steps after this one}."""
+    record_rows); weight (N,): each copy's ELBO weight (draw_masks' w; None: objective.weight(t)). {"loss", "kl"
+    (mean KL per masked position, nats), "elbo" (mean ELBO per scored position), "token_logp" (N, L) detached:
+    the `old` of the steps after this one}."""
     lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
     N = big.tokens.shape[0]
     if scored is None:
@@ -203,10 +204,11 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             big, t, xt, w = draw_masks(objective, batch, masks, g, coupled)
             with torch.no_grad():
                 ref_logp = token_logp(reference, objective, big, xt, t)[2]  # (N, L, V), frozen: once a group
+            scored_copies = scored.repeat(masks, 1)  # (N, L) the positions J counts, copy by copy
             first = None  # the first inner step's terms: the KL and ELBO of the weights that drew the group
             for _ in range(inner):
                 terms = policy_loss(backbone, ref_logp, objective, big, t, xt, a, beta,
-                                    None if first is None else first["token_logp"], clip, scored.repeat(masks, 1), w)
+                                    None if first is None else first["token_logp"], clip, scored_copies, w)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
