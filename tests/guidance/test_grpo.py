@@ -45,6 +45,21 @@ def test_record_rows_are_padded_after_the_first_eos_as_in_training(padding):
         assert torch.equal(b.mask, scored)
 
 
+@pytest.mark.parametrize("padding", ["learn", "skip"])
+def test_a_pad_drawn_before_any_eos_ends_the_row_as_sampling_cuts_it(padding):
+    model = _model(specials=True, padding=padding)
+    eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
+    # as generate returns them (stops.cut_at_end): a row ended by a <pad>, and an empty one
+    rows = torch.tensor([[0, 1, 2, pad] + [pad] * (L - 4), [pad] * L])
+    b, scored = record_rows(model, rows)
+    assert torch.equal(b.tokens, rows)
+    # the text and the <pad> that ended it are scored, never the <pad> after it (scoring them taught a
+    # QED run to stop writing <pad>: README, GRPO)
+    assert scored.tolist() == [[True] * 4 + [False] * (L - 4), [True] + [False] * (L - 1)]
+    if padding == "skip":
+        assert torch.equal(b.mask, scored)
+
+
 def test_the_policy_term_leaves_the_padding_to_the_kl():
     model = _model(specials=True)
     eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id

@@ -55,19 +55,25 @@ from .value import require_masked_diffusion
 
 def record_rows(model, tokens: torch.Tensor) -> tuple[Batch, torch.Tensor]:
     """Sampled rows (G, L) as the model trains on them (data/record_data.py), and the positions the policy term
-    scores (G, L) bool. After a row's first <eos> every position is <pad>; with data.padding=skip only the record
-    and its <eos> count (and are attended to), with learn (or no records) every position counts and may be
-    masked. The policy term scores the record and its <eos> only (every position of a row without an <eos>): a
-    row's text ends at its first <eos> (sampling/stops.py), so the <pad> after it are not part of the text and
-    scoring them only adds gradient; the KL term still covers them. (Measured on QED: with <pad> scored, one run's
-    KL at <pad> positions reached 14-17 nats per position; without, another run's still reached 12, as the
-    fine-tuned model writes where the base would pad: README, GRPO.)"""
+    scores (G, L) bool. A row's text ends at its first end token, <eos> or a <pad> drawn before any <eos>, as
+    sampling/stops.py's cut_at_end ends it; every position after it is <pad>. With data.padding=skip only the
+    record and its end token count (and are attended to), with learn (or no records) every position counts and
+    may be masked. The policy term scores the record and its end token only (every position of a row without
+    one): the <pad> after the end are not part of the text, so scoring them only adds gradient; the KL term
+    still covers them.
+
+    Why a <pad> ends a row here too (README, GRPO): a padding=learn model sometimes draws a <pad> before any
+    <eos> (3 of 32 rows of the 3000-step SELFIES base, two of them at position 0: an empty text, the group's
+    worst). Ended at its <eos> only, such a row was scored whole, <pad> after <pad>, and its negative advantage
+    taught the model to stop writing <pad>: in every group-64 QED run the KL at <pad> positions then rose to
+    ~14 nats and the model's ELBO of its own records fell from -1.6 to -6 nats per token between steps 55 and
+    70 (its rows, decoded without the stop, put <pad> mid-record and atoms after <eos>)."""
     eos = getattr(model.tokenizer, "eos_id", None)
     pad = getattr(model.tokenizer, "pad_id", None)
     if eos is None or pad is None:
         return Batch(tokens), torch.ones_like(tokens, dtype=torch.bool)
     pos = torch.arange(tokens.shape[1], device=tokens.device)
-    after = pos[None] > first_end(tokens, (eos,))[:, None]  # (G, L) past the first <eos>
+    after = pos[None] > first_end(tokens, (eos, pad))[:, None]  # (G, L) past the first end token
     rows = torch.where(after, torch.full_like(tokens, pad), tokens)
     if getattr(model.cfg.data, "padding", "learn") == "skip":
         return Batch(rows, ~after), ~after
@@ -172,8 +178,9 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
-    group), unique (distinct rows / G). stop() -> bool, asked after every step: True ends the run there (Ctrl-C in
-    `ddlm finetune`), the history so far returned."""
+    group), unique (distinct rows / G), length (mean scored positions a row: the record and its end token).
+    stop() -> bool, asked after every step: True ends the run there (Ctrl-C in `ddlm finetune`), the history so
+    far returned."""
     require_masked_diffusion(model, "GRPO")
     for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -217,7 +224,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             history.append({"reward": round(float(r.mean()), 5),
                             "reward_median": round(statistics.median(r.tolist()), 5),
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
-                            "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4)})
+                            "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4),
+                            "length": round(float(scored.sum(-1).double().mean()), 2)})
             if log is not None:
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
