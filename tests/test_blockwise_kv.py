@@ -17,6 +17,7 @@ V = 11  # token states of the toy backbones
 BACKBONES = {  # name -> (ModelConfig overrides, window length, prefix length)
     "rotary": ({}, 12, 7),
     "learned": ({"positions": "learned"}, 12, 5),
+    "rotary+learned": ({"positions": "rotary+learned"}, 12, 5),
     "grid": ({"positions": "grid", "grid": (4, 4, 2, 2)}, 16, 8),
 }
 

@@ -92,6 +92,18 @@ def test_padding_learn_counts_every_position_and_skip_only_the_record_and_eos():
     assert isinstance(val_skip, Batch) and torch.equal(val_skip.tokens, val_learn)
 
 
+@pytest.mark.parametrize("overrides, noted", [(["data.padding=learn"], True),
+                                               (["data.padding=learn", "model.positions=rotary+learned"], False),
+                                               (["data.padding=learn", "model.positions=learned"], False),
+                                               (["data.padding=skip"], False),
+                                               (["data.padding=learn", "process.name=ar"], False)])
+def test_a_position_blind_learn_model_is_noted_once_at_training(overrides, noted):
+    from ddlm.data.record_data import POSITION_BLIND
+
+    _, batches, _ = _source(*overrides)
+    assert (POSITION_BLIND in batches.report_lines) == noted
+
+
 def test_long_records_are_skipped_or_cut_counted_and_logged_once(tmp_path):
     from ddlm.train.loop import Trainer
 

@@ -30,7 +30,8 @@ class ModelConfig:
     max_len: int = 128
     "context length in tokens (the length of a training block)"
     positions: str = "rotary"
-    "position encoding: rotary (text), learned (one table), grid (sum of row, column[, box] tables)"
+    "position encoding: rotary (text), learned (one table), rotary+learned (both: records padded to a fixed row), "
+    "grid (sum of row, column[, box] tables)"
     grid: tuple = ()
     "for positions=grid: (rows, cols) or (rows, cols, box_rows, box_cols); e.g. [9, 9, 3, 3] for Sudoku"
     time_conditioning: bool = False

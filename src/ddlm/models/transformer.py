@@ -41,9 +41,12 @@ class Transformer(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(n_states, d)
         rotary = None
-        if cfg.positions == "rotary":
+        if cfg.positions in ("rotary", "rotary+learned"):
             rotary = Rotary(d // cfg.n_heads, cfg.max_len * 64)  # room for long AR generation
-        elif cfg.positions == "learned":
+        if cfg.positions in ("learned", "rotary+learned"):
+            # rotary alone is relative: a bidirectional model whose inputs are all MASK cannot tell its positions
+            # apart (every query sees identical keys and values), so its first draws of a record row are the same
+            # at every position; an absolute table breaks the symmetry (README, Molecules)
             self.pos = nn.Embedding(cfg.max_len, d)
         elif cfg.positions == "grid":
             coords = grid_coordinates(cfg.grid)
@@ -53,8 +56,9 @@ class Transformer(nn.Module):
             self.register_buffer("coords", coords, persistent=False)
             self.pos_tables = nn.ModuleList(nn.Embedding(int(coords[:, k].max()) + 1, d)
                                             for k in range(coords.shape[1]))
-        else:
-            raise UserError(f"unknown model.positions {cfg.positions!r}; choose rotary, learned or grid")
+        elif cfg.positions != "rotary":
+            raise UserError(f"unknown model.positions {cfg.positions!r}; choose rotary, learned, rotary+learned or "
+                            "grid")
         cond_dim = d if cfg.time_conditioning else 0
         self.time = TimeEmbedding(d) if cond_dim else None
         self.blocks = nn.ModuleList(
@@ -103,7 +107,7 @@ class Transformer(nn.Module):
         L = x.shape[1]
         if kv_caches is not None and "k" in kv_caches[0]:
             offset = kv_caches[0]["k"].shape[-2]
-        if self.cfg.positions == "learned":
+        if self.cfg.positions in ("learned", "rotary+learned"):
             if offset + L > self.cfg.max_len:
                 raise UserError(f"sequence of {offset + L} tokens exceeds the model's context of "
                                 f"{self.cfg.max_len} (learned positions cannot extrapolate)")
