@@ -97,8 +97,9 @@ def record_source(cfg, tokenizer=None):
     return tokenizer, batches, record_batch(val_tokens, val_mask, learn)
 
 
-# Measured on MOSES SELFIES (README, Molecules): a rotary-only model drew <pad> first in 21 of 300 rows (11 empty
-# texts) and wrote records 27.6 tokens long against the data's 34.5; with rotary+learned positions, 33.8.
+# Measured on MOSES SELFIES, 3000 steps (README, Molecules): a rotary-only model ended 21 of 300 rows at a <pad>
+# drawn before any <eos> (11 of them empty texts) and wrote records 27.6 tokens long against the data's 34.5;
+# with rotary+learned positions 6 rows (none empty), 34.2 tokens, and a lower bound (0.706 nats/token, not 0.736).
 POSITION_BLIND = ("note: with data.padding=learn and model.positions=rotary the model cannot tell its positions "
                   "apart while a row is all MASK, so its first draws (often <pad>) land anywhere; "
                   "model.positions=rotary+learned adds absolute positions")
