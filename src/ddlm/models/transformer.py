@@ -14,6 +14,9 @@ from ..config import ModelConfig
 from ..errors import UserError
 from .layers import Block, Rotary, TimeEmbedding
 
+ROTARY = ("rotary", "rotary+learned")  # model.positions with rotary attention
+LEARNED = ("learned", "rotary+learned")  # model.positions with an absolute table added to the embeddings
+
 
 def grid_coordinates(grid: tuple) -> torch.Tensor:
     """(L, K) integer coordinates of each cell of a row-major grid: row, column[, box]."""
@@ -41,9 +44,9 @@ class Transformer(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(n_states, d)
         rotary = None
-        if cfg.positions in ("rotary", "rotary+learned"):
+        if cfg.positions in ROTARY:
             rotary = Rotary(d // cfg.n_heads, cfg.max_len * 64)  # room for long AR generation
-        if cfg.positions in ("learned", "rotary+learned"):
+        if cfg.positions in LEARNED:
             # rotary alone is relative: a bidirectional model whose inputs are all MASK cannot tell its positions
             # apart (every query sees identical keys and values), so its first draws of a record row are the same
             # at every position; an absolute table breaks the symmetry (README, Molecules)
@@ -107,7 +110,7 @@ class Transformer(nn.Module):
         L = x.shape[1]
         if kv_caches is not None and "k" in kv_caches[0]:
             offset = kv_caches[0]["k"].shape[-2]
-        if self.cfg.positions in ("learned", "rotary+learned"):
+        if self.cfg.positions in LEARNED:
             if offset + L > self.cfg.max_len:
                 raise UserError(f"sequence of {offset + L} tokens exceeds the model's context of "
                                 f"{self.cfg.max_len} (learned positions cannot extrapolate)")
