@@ -118,6 +118,37 @@ def test_ctrl_c_ends_finetuning_after_the_step_and_keeps_the_model_so_far(tiny_r
     report = json.loads((out / "grpo.json").read_text())
     assert report["interrupted"] is True and 1 <= len(report["history"]) < 100000
     assert (out / "model" / "config.json").is_file()
+    # the stop wrote a checkpoint: --resume continues the run from the step it ended at
+    done = len(report["history"])
+    code, _, err = run_cli(cmd[3:-6] + ["--max-steps", str(done + 1), "--batch-size", "2", "--steps", "2",
+                                        "--resume"])
+    assert code == 0, err
+    assert f"resuming {out} at step {done}" in err
+    again = json.loads((out / "grpo.json").read_text())
+    assert again["resumed_at"] == done and again["history"][:done] == report["history"]
+    assert len(again["history"]) == done + 1 and again["interrupted"] is False
+
+
+@needs_molecules
+def test_a_resumed_grpo_run_equals_the_unbroken_run(tiny_run, tmp_path):
+    """2 steps, then --resume to 4, against 4 steps at once: the same history and the same fine-tuned weights."""
+    from ddlm.pipeline import SequenceModel
+
+    def grpo(out, steps, *extra):
+        argv = ["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out), "--max-steps",
+                str(steps), "--batch-size", "3", "--steps", "3", "--quiet", *extra]
+        code, _, err = run_cli(argv)
+        assert code == 0, err
+        return json.loads((out / "grpo.json").read_text())
+
+    straight = grpo(tmp_path / "straight", 4)
+    assert grpo(tmp_path / "parts", 2)["history"] == straight["history"][:2]
+    assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == [
+        "step-00000001.pt", "step-00000001.sha256", "step-00000002.pt", "step-00000002.sha256"]
+    resumed = grpo(tmp_path / "parts", 4, "--resume")
+    assert resumed["history"] == straight["history"] and resumed["resumed_at"] == 2
+    a, b = (SequenceModel.from_pretrained(tmp_path / d).backbone.state_dict() for d in ("straight", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @needs_molecules
@@ -146,16 +177,28 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                   "--coupled belongs to --method grpo"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--coupled", "--masks", "3",
                    "--out", str(tmp_path / "j")], "--masks must be even"))
-    earlier = tmp_path / "earlier"  # an earlier fine-tuned run: finetune has no --resume to offer
-    assert main(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier),
-                 "--max-steps", "1", "--batch-size", "2", "--steps", "2", "--quiet"]) == 0
-    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier)],
-                  "use --overwrite to replace it"))
+    earlier = tmp_path / "earlier"  # an earlier grpo run: --resume continues it, --overwrite replaces it
+    grpo = ["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier), "--batch-size",
+            "2", "--steps", "2"]
+    assert main(grpo + ["--max-steps", "1", "--quiet"]) == 0
+    cases.append((grpo, "add --resume to continue it, --overwrite to start again"))
+    cases.append((grpo + ["--resume", "--max-steps", "1"], "has done 1 steps; give --max-steps above 1"))
+    cases.append((grpo + ["--resume", "--max-steps", "2", "--lr", "1e-3"], "other settings (lr 0.0002 -> 0.001)"))
+    cases.append((grpo + ["--resume", "--overwrite"], "give one of them"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--resume", "--out",
+                   str(tmp_path / "k")], "holds no GRPO checkpoint"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--resume", "--out", str(earlier)],
+                  "--resume belongs to --method grpo"))
+    other = tmp_path / "other-base"  # the same settings on another base model
+    assert main(["train", "--preset", "molecules-tiny", "--out", str(other), "--quiet", "--seed", "1"]) == 0
+    cases.append((["finetune", str(other)] + grpo[2:] + ["--resume", "--max-steps", "2"],
+                  "the base model's weights differ"))
     stream = tmp_path / "stream"
     assert main(["train", "--preset", "tiny", "--out", str(stream), "--quiet", "--max-steps", "1"]) == 0
     cases.append((["finetune", str(stream), "--reward", "qed", "--out", str(tmp_path / "d")], "records"))
     for argv, message in cases:
         code, _, err = run_cli(argv)
         assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)
-    assert (foreign / "chapter1.tex").read_text() == "mine\n" and not (tmp_path / "a").exists()
+    assert (foreign / "chapter1.tex").read_text() == "mine\n"
+    assert not any((tmp_path / name).exists() for name in "abcdefghijk")  # refused: nothing written
     assert (tiny_run / "model" / "config.json").is_file()

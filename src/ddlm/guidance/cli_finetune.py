@@ -8,6 +8,11 @@ surrogate; OUT gets grpo.json (the settings and every iteration's reward, KL and
 Both write model/ in OUT (what `ddlm sample OUT` and `ddlm eval OUT` load), a run folder (marker .ddlm-run)
 that follows `ddlm train`'s overwrite rules: a new or empty folder, or an earlier ddlm run with --overwrite;
 never the model's own folder.
+
+grpo also writes resumable checkpoints into OUT/checkpoints (train/checkpoint.py: atomic, checksummed; every
+--ckpt-every steps, at the end and on Ctrl-C). `--resume` continues the run in OUT exactly where its last good
+checkpoint ends, on the same base model (checked by a fingerprint of its weights) with the same settings; only
+--max-steps may differ, so a finished run can be extended.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def cmd_finetune(args) -> int:
     from ..cli_common import _threads
     from ..pipeline import SequenceModel
     from ..train.guard import EXIT_INTERRUPTED, SignalGuard
+    from ..train.checkpoint import list_checkpoints
     from ..train.rundir import check_run_dir, clear_run_dir, write_marker
     from .value import require_masked_diffusion
 
@@ -35,14 +41,40 @@ def cmd_finetune(args) -> int:
         raise UserError(f"--out {out} is the model being fine-tuned; write the fine-tuned model to a new folder")
     if src.exists() and out.resolve() in src.resolve().parents:
         raise UserError(f"--out {out} holds the model being fine-tuned; write the fine-tuned model to a new folder")
-    clear = check_run_dir(out, overwrite=args.overwrite, resumable=False)  # before anything slow
-    _threads(args.threads, 1)
+    if args.method != "grpo":
+        for flag, value in (("--resume", args.resume or None), ("--ckpt-every", args.ckpt_every)):
+            if value is not None:
+                raise UserError(f"{flag} belongs to --method grpo (DRAKES runs write no checkpoints); leave it out")
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.resume:
+        if args.overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite would replace it; give one of them")
+        resume = _resume_state(out, say)  # before anything slow
+        clear = False
+    else:
+        resume = None
+        if args.method == "grpo" and not args.overwrite and list_checkpoints(out):
+            raise UserError(f"{out} holds a GRPO run with checkpoints; add --resume to continue it, --overwrite to "
+                            "start again, or choose another --out")
+        clear = check_run_dir(out, overwrite=args.overwrite, resumable=False)
+    _threads(args.threads, 1)
     model = SequenceModel.from_pretrained(src)
     require_masked_diffusion(model, args.method, str(src))  # before a surrogate trains for minutes
     steps = args.steps or model.cfg.sample.steps
     every = max(1, args.max_steps // 20)
-    count = [0]
+    count = [len(resume["history"]) if resume else 0]  # progress lines at the same steps as an unbroken run
+    prepared = []
+
+    def prepare():
+        """Make OUT the run's folder, once: before the first checkpoint, or at the end (nothing is written for a
+        command refused on the way)."""
+        if not prepared:
+            if clear:
+                clear_run_dir(out)
+            out.mkdir(parents=True, exist_ok=True)
+            if resume is None:
+                write_marker(out)
+            prepared.append(True)
 
     def log(line):
         count[0] += 1
@@ -50,19 +82,20 @@ def cmd_finetune(args) -> int:
             say(line)
 
     run = _grpo if args.method == "grpo" else _drakes
-    guard = SignalGuard(f"ddlm finetune: stopped at once (second signal); nothing written to {out}")
+    guard = SignalGuard(f"ddlm finetune: stopped at once (second signal); the model was not written to {out}"
+                        + (" (--resume continues from its last checkpoint)" if args.method == "grpo" else ""))
     with guard:  # the first Ctrl-C ends the run after the current step and keeps what it has learned
-        history, name, report, write_extra = run(args, model, steps, say, log, lambda: bool(guard.flag))
-    if clear:
-        clear_run_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out)
+        history, name, report, write_extra = run(args, model, steps, say, log, lambda: bool(guard.flag), resume,
+                                                 prepare)
+    prepare()
     model.backbone.eval()
     with torch.no_grad():
         model.save_pretrained(out / "model")
     write_extra(out)
     report = {"base": str(src), "method": args.method, **report, "history": history,
               "interrupted": bool(guard.flag), "seconds": round(time.perf_counter() - start, 1)}
+    if resume is not None:
+        report["resumed_at"] = len(resume["history"])  # `seconds` is this invocation's
     (out / f"{args.method}.json").write_text(json.dumps(report, indent=1))
     if guard.flag:
         print(f"ddlm finetune: interrupted after {len(history)} of {args.max_steps} steps; the model fine-tuned so "
@@ -76,7 +109,31 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def _drakes(args, model, steps, say, log, stop):
+def _resume_state(out: Path, say) -> dict:
+    """The newest good checkpoint of the GRPO run in `out` (UserError when there is none)."""
+    from ..train.checkpoint import load_latest
+
+    state = load_latest(out, log=say) if out.is_dir() else None
+    if state is None or "grpo" not in state:
+        raise UserError(f"--resume: {out} holds no GRPO checkpoint to continue (checkpoints/step-*.pt); run without "
+                        "--resume to start a new run")
+    return state
+
+
+def _fingerprint(backbone) -> str:
+    """SHA-256 of a backbone's weights, in state-dict order: the base a GRPO run resumes on must be its own."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, v in backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    return h.hexdigest()
+
+
+def _drakes(args, model, steps, say, log, stop, resume, prepare):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
@@ -122,7 +179,8 @@ def _drakes(args, model, steps, say, log, stop):
     return history, info["reward"], report, write_extra
 
 
-def _grpo(args, model, steps, say, log, stop):
+def _grpo(args, model, steps, say, log, stop, resume, prepare):
+    from ..train.checkpoint import save_checkpoint
     from . import grpo
     from .rewards import resolve_reward
     from .steer import texts_of
@@ -145,21 +203,40 @@ def _grpo(args, model, steps, say, log, stop):
     inner = args.inner or 4
     if args.coupled and masks % 2:
         raise UserError(f"--coupled pairs each mask with its complement: --masks must be even, got {masks}")
+    settings = {"max_steps": args.max_steps, "group": group, "steps": steps, "beta": beta, "lr": lr, "masks": masks,
+                "coupled": args.coupled, "inner": inner, "seed": args.seed}
+    # what the continued steps depend on: all of it but max_steps must be the checkpoint's
+    defines = {"reward": name, "base_weights": _fingerprint(model.backbone),
+               **{k: v for k, v in settings.items() if k != "max_steps"}}
+    if resume is not None:
+        saved = resume["grpo"]
+        differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in defines.items() if saved.get(k) != v]
+        if differ:
+            what = ("the base model's weights differ" if differ[0].startswith("base_weights")
+                    else f"{differ[0]}{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}")
+            raise UserError(f"--resume: the run in {args.out} was made with other settings ({what}); resume with "
+                            "the same DIR and options (only --max-steps may change)")
+        done = len(resume["history"])
+        if args.max_steps <= done:
+            raise UserError(f"--resume: the run in {args.out} has done {done} steps; give --max-steps above {done} "
+                            "to continue it")
+        say(f"grpo: resuming {args.out} at step {done}")
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
         f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
         f"{'coupled ' if args.coupled else ''}masks per record")
+    ckpt_every = max(1, args.max_steps // 10) if args.ckpt_every is None else args.ckpt_every
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
                             beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled, log=log,
-                            stop=stop)
-    report = {"reward": name, "settings": {"max_steps": args.max_steps, "group": group, "steps": steps,
-                                           "beta": beta, "lr": lr, "masks": masks, "coupled": args.coupled,
-                                           "inner": inner, "seed": args.seed}}
+                            stop=stop, resume=resume, checkpoint_every=ckpt_every,
+                            checkpoint=lambda state: (prepare(), save_checkpoint(
+                                args.out, {**state, "grpo": defines}, resume_command="ddlm finetune ... --resume")))
+    report = {"reward": name, "settings": {**settings, "ckpt_every": ckpt_every}}
     return history, name, report, lambda out: None
 
 
 def register(sub) -> None:
     """Add `ddlm finetune` to the subcommands `sub`."""
-    from ..cli_common import _add_threads, _float, _positive_int, _seed
+    from ..cli_common import _add_threads, _float, _nonneg_int, _positive_int, _seed
     from .rewards import reward_names
 
     f = sub.add_parser("finetune", help="reward fine-tuning of a masked-diffusion model (DRAKES or GRPO)")
@@ -195,6 +272,11 @@ def register(sub) -> None:
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")
     f.add_argument("--seed", type=_seed, default=0, help="seed of the records, the surrogate and the samples")
+    f.add_argument("--ckpt-every", type=_nonneg_int, metavar="N", help="grpo: write a resumable checkpoint into "
+                   "OUT/checkpoints every N steps (default: a tenth of --max-steps; 0: only at the end and on "
+                   "Ctrl-C)")
+    f.add_argument("--resume", action="store_true", help="grpo: continue the run in --out from its last good "
+                   "checkpoint, on the same DIR with the same options; a larger --max-steps extends a finished run")
     f.add_argument("--overwrite", action="store_true", help="replace an earlier ddlm run in --out")
     f.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_threads(f, 1)

@@ -174,14 +174,21 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
-             coupled: bool = False, log=None, stop=None) -> list[dict]:
+             coupled: bool = False, log=None, stop=None, resume: dict | None = None, checkpoint=None,
+             checkpoint_every: int = 0) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
     group), unique (distinct rows / G), length (mean scored positions a row: the record and its end token).
     stop() -> bool, asked after every step: True ends the run there (Ctrl-C in `ddlm finetune`), the history so
-    far returned."""
+    far returned.
+
+    Resuming exactly: checkpoint(state) is called after every `checkpoint_every`-th step, after the last and after
+    a stop, with state = {"step", "backbone", "optimizer", "generator", "history"} (what the next step depends on:
+    each group's sampling seed is fixed by the step, the masks come from the generator). finetune(..., resume=
+    state) on the same base model continues from there: the frozen reference is the base's weights, taken before
+    the state's are loaded, and the steps that follow are the ones an unbroken run takes."""
     require_masked_diffusion(model, "GRPO")
     for name, v in (("iterations", iterations), ("group", group), ("masks", masks), ("inner", inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -197,10 +204,19 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     g = torch.Generator(device=model.device).manual_seed(seed)
     max_length = model.cfg.model.max_len if getattr(model.tokenizer, "eos_id", None) is not None else None
     history = []
+    if resume is not None:  # after the reference copied the base
+        backbone.load_state_dict(resume["backbone"])
+        opt.load_state_dict(resume["optimizer"])
+        g.set_state(resume["generator"])
+        history = list(resume["history"])
+
+    def state():
+        return {"step": len(history), "backbone": backbone.state_dict(), "optimizer": opt.state_dict(),
+                "generator": g.get_state(), "history": list(history)}
     was = backbone.training
     backbone.eval()  # no dropout: the records are the sampler's and the ELBO the evaluator's
     try:
-        for it in range(iterations):
+        for it in range(len(history), iterations):
             out = model.generate(group, steps=steps, max_length=max_length, seed=seed * 1_000_003 + it,
                                  batch_size=group, decode=False)
             batch, scored = record_rows(model, out.tokens.to(model.device))
@@ -231,7 +247,11 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
                     f"KL {h['kl']:.4f}, unique {h['unique']:.2f}")
-            if stop is not None and stop():
+            stopping = stop is not None and bool(stop())
+            if checkpoint is not None and (stopping or it + 1 == iterations
+                                           or (checkpoint_every and (it + 1) % checkpoint_every == 0)):
+                checkpoint(state())
+            if stopping:
                 break
     finally:
         backbone.train(was)

@@ -40,9 +40,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         pass
 
 
-def save_checkpoint(run_dir, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(run_dir, state: dict, keep: int = 2, resume_command: str | None = None) -> Path:
     """Write state (must contain 'step'), its tensors moved to the CPU, and remove all but the newest `keep`
-    checkpoints."""
+    checkpoints. resume_command: what continues the run, for the message when the disk is full (default
+    `ddlm train --resume RUN_DIR`)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -54,7 +55,8 @@ def save_checkpoint(run_dir, state: dict, keep: int = 2) -> Path:
         _atomic_write(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
     except OSError as e:
         raise UserError(f"cannot write checkpoint {path}: {e.strerror}; free disk space, then "
-                        f"`ddlm train --resume {run_dir}` continues from the previous checkpoint") from None
+                        f"`{resume_command or f'ddlm train --resume {run_dir}'}` continues from the previous "
+                        "checkpoint") from None
     for old in list_checkpoints(run_dir)[keep:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
