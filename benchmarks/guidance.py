@@ -226,7 +226,10 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, help="tokens per sample (default: the context)")
     p.add_argument("--m", type=int, default=4, help="SVDD candidates per step")
     p.add_argument("--k", type=int, default=4, help="SMC particles per molecule")
-    p.add_argument("--smc-alpha", type=float, default=0.1)
+    # SMC's target is p(x) exp(QED / alpha): QED differences are hundredths, so alpha must be small to tilt.
+    # Measured on the 3000-step rotary+learned base (K = 4, 100 molecules, 60 steps, seed 0): median QED 0.742,
+    # 0.810, 0.830, 0.838 at alpha 0.1, 0.03, 0.01, 0.003 (uniqueness 1.0 at each)
+    p.add_argument("--smc-alpha", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curve", action="store_true", help="also sweep best-of-N (N = 1, 2, 4, 8), SVDD (M = 2, 4, 8) "
                    "and SMC (K = 2, 4, 8): QED against cost")
