@@ -175,6 +175,8 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                   "--masks belongs to --method grpo"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--coupled", "--out", str(tmp_path / "i")],
                   "--coupled belongs to --method grpo"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--floor", "2", "--out", str(tmp_path / "i")],
+                  "--floor belongs to --method grpo"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--coupled", "--masks", "3",
                    "--out", str(tmp_path / "j")], "--masks must be even"))
     earlier = tmp_path / "earlier"  # an earlier grpo run: --resume continues it, --overwrite replaces it

@@ -247,3 +247,30 @@ def test_a_stop_writes_a_checkpoint_of_the_steps_done():
     hist = finetune(_model(), lambda tok: (tok == 0).sum(-1).double(), iterations=50, group=4, steps=L, lr=1e-3,
                     stop=lambda: next(calls), checkpoint=saved.append, checkpoint_every=0)
     assert len(hist) == 2 and [s["step"] for s in saved] == [2]
+
+
+def test_the_floor_stops_pushing_a_worse_records_tokens_below_the_reference():
+    """floor: a token of a record with A < 0 leaves J once its log p is more than `floor` below the reference's.
+    Against a reference 5 nats above the model at every token, floor 1 drops the worse record's terms and keeps
+    the better one's (the gradient is that of advantages (+1, 0) without a floor); against the model itself as
+    the reference nothing is dropped."""
+    model = _model()
+    backbone = model.backbone
+    objective = MDLMObjective(model.process, "stratified")
+    x = torch.tensor([[0] * L, [1] * L])
+    a = torch.tensor([1.0, -1.0])  # the first record is the better one
+    big, t, xt, w = draw_masks(objective, Batch(x), 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = token_logp(backbone, objective, big, xt, t)[2]
+
+    def grads(adv, reference, floor):
+        backbone.zero_grad()
+        policy_loss(backbone, reference, objective, big, t, xt, adv, 0.0, floor=floor)["loss"].backward()
+        return torch.cat([q.grad.flatten() for q in backbone.parameters()])
+
+    only_better = grads(torch.tensor([1.0, 0.0]), ref, None)
+    assert torch.allclose(grads(a, ref + 5.0, 1.0), only_better, atol=1e-7)
+    assert torch.allclose(grads(a, ref, 1.0), grads(a, ref, None), atol=1e-7)
+    assert not torch.allclose(grads(a, ref, None), only_better, atol=1e-4)  # the worse record does count without
+    with pytest.raises(UserError, match="floor"):
+        finetune(_model(), lambda tok: tok.sum(-1), floor=-1.0)

@@ -137,7 +137,8 @@ def _drakes(args, model, steps, say, log, stop, resume, prepare):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
-    for flag, value in (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None)):
+    for flag, value in (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None),
+                        ("--floor", args.floor)):
         if value is not None:
             raise UserError(f"{flag} belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
@@ -204,7 +205,7 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     if args.coupled and masks % 2:
         raise UserError(f"--coupled pairs each mask with its complement: --masks must be even, got {masks}")
     settings = {"max_steps": args.max_steps, "group": group, "steps": steps, "beta": beta, "lr": lr, "masks": masks,
-                "coupled": args.coupled, "inner": inner, "seed": args.seed}
+                "coupled": args.coupled, "inner": inner, "floor": args.floor, "seed": args.seed}
     # what the continued steps depend on: all of it but max_steps must be the checkpoint's
     defines = {"reward": name, "base_weights": _fingerprint(model.backbone),
                **{k: v for k, v in settings.items() if k != "max_steps"}}
@@ -223,10 +224,12 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
         say(f"grpo: resuming {args.out} at step {done}")
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
         f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
-        f"{'coupled ' if args.coupled else ''}masks per record")
+        f"{'coupled ' if args.coupled else ''}masks per record"
+        + (f", worse records' tokens floored {args.floor} nats below the base" if args.floor is not None else ""))
     ckpt_every = max(1, args.max_steps // 10) if args.ckpt_every is None else args.ckpt_every
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
-                            beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled, log=log,
+                            beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled,
+                            floor=args.floor, log=log,
                             stop=stop, resume=resume, checkpoint_every=ckpt_every,
                             checkpoint=lambda state: (prepare(), save_checkpoint(
                                 args.out, {**state, "grpo": defines}, resume_command="ddlm finetune ... --resume")))
@@ -268,6 +271,9 @@ def register(sub) -> None:
                    "ratio after the first (default 4)")
     f.add_argument("--coupled", action="store_true", help="grpo: draw the masks in pairs, a mask and its "
                    "complement, so each pair scores every token once (lower-variance ELBO; --masks even)")
+    f.add_argument("--floor", type=_float, metavar="NATS", help="grpo: push a token of a record with a negative "
+                   "advantage down only while its log-probability is within NATS of the base model's (default: no "
+                   "floor; see README, GRPO)")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")

@@ -141,12 +141,15 @@ def token_logp(net, objective, big: Batch, xt, t):
 
 def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, advantages: torch.Tensor,
                 beta: float, old: torch.Tensor | None = None, clip: float = 0.2,
-                scored: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> dict:
+                scored: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                floor: float | None = None) -> dict:
     """The loss above on the noised copies (big, t, xt) of draw_masks, advantages (G,) of the G records (repeated
     over the copies); ref_logp (N, L, V): the frozen reference's log p(. | x_t) (token_logp(...)[2], the same for
     every inner step); old (N, L): token_logp of the weights that drew the group (None: the current ones, rho = 1);
     scored (N, L) bool: the positions J counts, n_i their number (None: the batch's counted positions; see
-    record_rows); weight (N,): each copy's ELBO weight (draw_masks' w; None: objective.weight(t)). {"loss", "kl"
+    record_rows); weight (N,): each copy's ELBO weight (draw_masks' w; None: objective.weight(t)); floor (nats):
+    a token of a record with a negative advantage is left out of J once its log p is more than `floor` below the
+    reference's (None: never). {"loss", "kl"
     (mean KL per masked position, nats), "elbo" (mean ELBO per scored position), "token_logp" (N, L) detached:
     the `old` of the steps after this one}."""
     lp, masked, logp = token_logp(backbone, objective, big, xt, t)  # (N, L), (N, L), (N, L, V)
@@ -157,8 +160,12 @@ def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, 
     scale = w / scored.sum(-1).clamp_min(1)  # (N,) w(t) / n
     a = advantages.repeat(N // advantages.shape[0])[:, None]  # (N, 1)
     acts = masked & scored  # (N, L) the positions J counts
-    rho = torch.exp(lp - (lp.detach() if old is None else old)) * acts  # (N, L)
-    surrogate = torch.minimum(rho * a, rho.clamp(1 - clip, 1 + clip) * a) * acts
+    pushed = acts
+    if floor is not None:  # the worse records' tokens go down only to the reference's log p minus `floor`
+        ref_token = ref_logp.gather(-1, big.tokens.unsqueeze(-1)).squeeze(-1)  # (N, L)
+        pushed = acts & ~((a < 0) & (lp.detach() < ref_token - floor))
+    rho = torch.exp(lp - (lp.detach() if old is None else old)) * pushed  # (N, L)
+    surrogate = torch.minimum(rho * a, rho.clamp(1 - clip, 1 + clip) * a) * pushed
     J = (scale * surrogate.sum(-1)).mean()
     per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (N, L) KL(p_theta || p_ref) of each position
     kl = (per_position * masked).sum() / masked.sum().clamp_min(1)  # masked: counted positions only (draw_masks)
@@ -174,8 +181,8 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
-             coupled: bool = False, log=None, stop=None, resume: dict | None = None, checkpoint=None,
-             checkpoint_every: int = 0) -> list[dict]:
+             coupled: bool = False, floor: float | None = None, log=None, stop=None, resume: dict | None = None,
+             checkpoint=None, checkpoint_every: int = 0) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
@@ -197,6 +204,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
         raise UserError("GRPO compares records within a group: group must be at least 2")
     if not (lr > 0 and beta >= 0 and clip > 0):
         raise UserError(f"GRPO needs lr > 0, beta >= 0 and clip > 0, got lr={lr}, beta={beta}, clip={clip}")
+    if floor is not None and not floor >= 0:
+        raise UserError(f"GRPO's floor is nats below the reference's log p: give a number >= 0, got {floor}")
     backbone = model.backbone
     reference = copy.deepcopy(backbone).eval().requires_grad_(False)
     objective = MDLMObjective(model.process, "stratified")
@@ -232,7 +241,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             first = None  # the first inner step's terms: the KL and ELBO of the weights that drew the group
             for _ in range(inner):
                 terms = policy_loss(backbone, ref_logp, objective, big, t, xt, a, beta,
-                                    None if first is None else first["token_logp"], clip, scored_copies, w)
+                                    None if first is None else first["token_logp"], clip, scored_copies, w, floor)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
