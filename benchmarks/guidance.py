@@ -10,8 +10,8 @@ smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-
 The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the same
 seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
 The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
-and `grpo+svdd` decodes that model with SVDD (M = --m): fine-tuning and reward-guided decoding compose;
---grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N times the cost).
+and `grpo+svdd` / `grpo+smc` decode that model with SVDD (M = --m) / SMC (K = --k): fine-tuning and
+reward-guided decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N times the cost).
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,
@@ -291,6 +291,8 @@ def main(argv=None) -> int:
         add("grpo", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", svdd_candidates=a.m)
         add("grpo+svdd", texts_of(tuned, o.tokens), o, s)
+        o, s = draw(tuned, reward="qed", smc_particles=a.k, smc_alpha=a.smc_alpha)
+        add("grpo+smc", texts_of(tuned, o.tokens), o, s)
         if a.grpo_best_of:
             texts, o, s = best_of(tuned, draw, a.n, a.grpo_best_of, reward="qed", svdd_candidates=a.m)
             add(f"grpo+svdd-best-of-{a.grpo_best_of}", texts, o, s)
