@@ -37,6 +37,17 @@ better records only, never lowering the worse) did not learn (the group's mean Q
 0.62 for the plain run); and groups half drawn by SVDD from the current model (off-policy records that pull the
 model towards its guided sampler) rose faster at a lower KL for 70 steps, then broke down (KL 2-6 nats, the
 model's own mean QED falling to 0.30-0.56) at both learning rates tried.
+
+A break after ~140 steps (README, GRPO; group 64 on the 3000-step rotary+learned SELFIES base): at lr 4e-4 and
+at 2e-4 alike, between steps 135 and 150 the KL per masked position jumps (0.5 -> 1.3; 0.4 -> 3.4 nats), the
+model's ELBO of its own group falls (-1.8 -> -4.5; -1.8 -> -6.8 nats per token) and the group's QED falls back
+(0.74 -> 0.65; 0.71 -> 0.53). In the lr 4e-4 model at step 172, 16.5% of its own samples' masked record tokens
+get log p < -10 (the base: 1.2% on the same records): the policy term lowered the ELBO of the worse records by
+loosening the bound, not by making them less likely, the bias of a one-sided bound that SPG (Wang et al. 2025,
+arXiv 2510.09541) answers with an upper bound for negative advantages. `floor` is a cheap guard instead: a worse
+record's token is pushed down only while its log p stays within `floor` nats of the reference's. With floor 2
+at lr 4e-4 the same run went 200 steps without a break (KL 0.12-0.22, own ELBO -1.5 throughout) but learned
+less (group means 0.64-0.67 from step 20 on, against 0.71-0.73 before the break without it).
 """
 
 from __future__ import annotations
