@@ -123,8 +123,8 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tmp_p
     t = Trainer(_cfg(AR + ["train.grad_accum=1"]), tmp_path / "one", progress=False)
     t.run()
     single = _weights(t.backbone)
-    for k, v in single.items():
-        torch.testing.assert_close(r0["ar"][k], v, rtol=1e-5, atol=1e-6)
+    for k, v in single.items():  # the all-reduce sums in another order: on an AVX-512 machine one weight in
+        torch.testing.assert_close(r0["ar"][k], v, rtol=1e-5, atol=5e-6)  # 16,384 differed by 1.3e-6
     # and it trained: the weights moved from the initial ones by far more than the tolerance
     assert max(float((r0["ar_init"][k] - single[k]).abs().max()) for k in single) > 1e-3
 

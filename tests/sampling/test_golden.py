@@ -3,7 +3,10 @@ those recorded in fixtures/golden.pt before the samplers were moved onto one sam
 
 If a change of a sampler's output is intended, re-record with `python tests/sampling/record_golden.py` and
 say why in the commit. The transformer weights come from the fixture, so a change of initialisation does
-not move them (a change of the network's forward does: re-record then too)."""
+not move them (a change of the network's forward does: re-record then too). A tiny random transformer's
+near-tied confidences are ordered by the last bits of its float32 arithmetic, so its planned and routing runs
+differ between CPU kernel sets: an AVX-512 machine's are recorded beside them (record_golden.py --machine)
+and checked there."""
 
 import sys
 from pathlib import Path
@@ -29,8 +32,12 @@ def _weights(family):
     return out
 
 
+# the transformer runs recorded for another CPU kernel set (record_golden.py --machine): only those that differ
+MACHINE = GOLDEN.get("by_capability", {}).get(torch.backends.cpu.get_cpu_capability(), {})
+
+
 def _check(name, out):
-    tokens, nfe = GOLDEN["results"][name]
+    tokens, nfe = MACHINE.get(name, GOLDEN["results"][name])
     assert out.tokens.cpu().tolist() == tokens, f"{name}: tokens changed"
     assert int(out.nfe) == nfe, f"{name}: NFE {out.nfe} != {nfe}"
 
