@@ -11,7 +11,8 @@ The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` 
 seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
 The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
 and `grpo+svdd` / `grpo+smc` decode that model with SVDD (M = --m) / SMC (K = --k): fine-tuning and
-reward-guided decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N times the cost).
+reward-guided decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws
+per molecule (N times the cost).
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,

@@ -2,8 +2,8 @@
 
 Run it only when a change of the samplers' output is intended (and say so in the commit); the golden test
 then pins the new outputs. `--machine` adds the transformer cases as this machine's CPU kernels run them, for
-its CPU capability only (see record_machine), and changes nothing else. Writes tests/sampling/fixtures/golden.pt: {"results": {case: (tokens as lists, nfe)},
-"weights": {family: ([(key, shape)], flat float32 values)}}.
+its CPU capability only (see record_machine), and changes nothing else. Writes tests/sampling/fixtures/golden.pt:
+{"results": {case: (tokens as lists, nfe)}, "weights": {family: ([(key, shape)], flat float32 values)}}.
 """
 
 import sys

@@ -41,10 +41,7 @@ def cmd_finetune(args) -> int:
         raise UserError(f"--out {out} is the model being fine-tuned; write the fine-tuned model to a new folder")
     if src.exists() and out.resolve() in src.resolve().parents:
         raise UserError(f"--out {out} holds the model being fine-tuned; write the fine-tuned model to a new folder")
-    if args.method != "grpo":
-        for flag, value in (("--resume", args.resume or None), ("--ckpt-every", args.ckpt_every)):
-            if value is not None:
-                raise UserError(f"{flag} belongs to --method grpo (DRAKES runs write no checkpoints); leave it out")
+    _refuse_the_other_methods_flags(args)  # before anything slow
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.resume:
         if args.overwrite:
@@ -63,18 +60,19 @@ def cmd_finetune(args) -> int:
     steps = args.steps or model.cfg.sample.steps
     every = max(1, args.max_steps // 20)
     count = [len(resume["history"]) if resume else 0]  # progress lines at the same steps as an unbroken run
-    prepared = []
+    prepared = False
 
     def prepare():
         """Make OUT the run's folder, once: before the first checkpoint, or at the end (nothing is written for a
         command refused on the way)."""
+        nonlocal prepared
         if not prepared:
             if clear:
                 clear_run_dir(out)
             out.mkdir(parents=True, exist_ok=True)
             if resume is None:
                 write_marker(out)
-            prepared.append(True)
+            prepared = True
 
     def log(line):
         count[0] += 1
@@ -109,6 +107,19 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _refuse_the_other_methods_flags(args) -> None:
+    """One line for a flag of the other --method (a grpo flag given to drakes, or a drakes flag to grpo)."""
+    if args.method == "grpo":
+        owner, other = "drakes", (("--grad-steps", args.grad_steps), ("--tau", args.tau))
+    else:
+        owner, other = "grpo", (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None),
+                                ("--floor", args.floor), ("--resume", args.resume or None),
+                                ("--ckpt-every", args.ckpt_every))
+    for flag, value in other:
+        if value is not None:
+            raise UserError(f"{flag} belongs to --method {owner}; leave it out for {args.method}")
+
+
 def _resume_state(out: Path, say) -> dict:
     """The newest good checkpoint of the GRPO run in `out` (UserError when there is none)."""
     from ..train.checkpoint import load_latest
@@ -137,10 +148,6 @@ def _drakes(args, model, steps, say, log, stop, resume, prepare):
     from . import drakes, surrogate
     from .rewards import resolve_reward
 
-    for flag, value in (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None),
-                        ("--floor", args.floor)):
-        if value is not None:
-            raise UserError(f"{flag} belongs to --method grpo; leave it out for drakes")
     if args.surrogate:
         net, info = surrogate.load(args.surrogate, model)
         if args.reward is not None and args.reward != info["reward"]:
@@ -192,9 +199,6 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
                         "(a DRAKES surrogate)")
     if args.reward is None:
         raise UserError("give the reward to fine-tune towards: --reward qed (or module:function)")
-    for flag, value in (("--grad-steps", args.grad_steps), ("--tau", args.tau)):
-        if value is not None:
-            raise UserError(f"{flag} belongs to --method drakes; leave it out for grpo")
     fn, name = resolve_reward(args.reward)
     reward = checked_reward(lambda tokens: fn(texts_of(model, tokens)), name)
     group = args.batch_size or 32
