@@ -41,10 +41,10 @@ def chrome(user_data_dir: Path):
 
 
 def test_page_shows_the_librarys_sample_for_the_seed(tiny_run, tmp_path):
+    driver = chrome(tmp_path / "profile")  # skips, naming what to install, without selenium or chromium
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = chrome(tmp_path / "profile")
     model = SequenceModel.from_pretrained(tiny_run[0])
     server = make_server(model, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -3,6 +3,7 @@ whose samples the surrogate scores higher than the base model's at the same seed
 
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,13 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases.append((grpo + ["--resume", "--max-steps", "1"], "has done 1 steps; give --max-steps above 1"))
     cases.append((grpo + ["--resume", "--max-steps", "2", "--lr", "1e-3"], "other settings (lr 0.0002 -> 0.001)"))
     cases.append((grpo + ["--resume", "--overwrite"], "give one of them"))
+    from ddlm.train.checkpoint import load_latest, save_checkpoint
+    on_gpu = tmp_path / "on-gpu"  # a run made on a GPU: its CUDA generator state does not continue on the CPU
+    shutil.copytree(earlier, on_gpu)
+    state = load_latest(on_gpu, log=lambda line: None)
+    save_checkpoint(on_gpu, {**state, "step": 2, "grpo": {**state["grpo"], "device": "cuda"}})
+    cases.append(([*grpo[:7], str(on_gpu), *grpo[8:], "--resume", "--max-steps", "3"],
+                  "was made on the cuda and continues exactly only there; add --device cuda"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--resume", "--out",
                    str(tmp_path / "k")], "holds no GRPO checkpoint"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--resume", "--out", str(earlier)],

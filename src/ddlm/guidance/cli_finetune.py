@@ -12,7 +12,9 @@ never the model's own folder.
 grpo also writes resumable checkpoints into OUT/checkpoints (train/checkpoint.py: atomic, checksummed; every
 --ckpt-every steps, at the end and on Ctrl-C). `--resume` continues the run in OUT exactly where its last good
 checkpoint ends, on the same base model (checked by a fingerprint of its weights) with the same settings; only
---max-steps may differ, so a finished run can be extended.
+--max-steps may differ, so a finished run can be extended. --device (default auto: the GPU when torch sees one)
+is where the model runs; a resumed run continues on the kind of device it was made on (a CUDA generator's state
+does not continue on the CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..errors import UserError
 def cmd_finetune(args) -> int:
     import torch
 
-    from ..cli_common import _threads
+    from ..cli_common import _device, _threads
     from ..pipeline import SequenceModel
     from ..train.guard import EXIT_INTERRUPTED, SignalGuard
     from ..train.checkpoint import list_checkpoints
@@ -55,7 +57,7 @@ def cmd_finetune(args) -> int:
                             "start again, or choose another --out")
         clear = check_run_dir(out, overwrite=args.overwrite, resumable=False)
     _threads(args.threads, 1)
-    model = SequenceModel.from_pretrained(src)
+    model = SequenceModel.from_pretrained(src, map_location=_device(args))
     require_masked_diffusion(model, args.method, str(src))  # before a surrogate trains for minutes
     steps = args.steps or model.cfg.sample.steps
     every = max(1, args.max_steps // 20)
@@ -211,10 +213,14 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     settings = {"max_steps": args.max_steps, "group": group, "steps": steps, "beta": beta, "lr": lr, "masks": masks,
                 "coupled": args.coupled, "inner": inner, "floor": args.floor, "seed": args.seed}
     # what the continued steps depend on: all of it but max_steps must be the checkpoint's
+    # and the kind of device: a CUDA generator's state is not a CPU one's, and the sums differ in their last bits
     defines = {"reward": name, "base_weights": _fingerprint(model.backbone),
-               **{k: v for k, v in settings.items() if k != "max_steps"}}
+               **{k: v for k, v in settings.items() if k != "max_steps"}, "device": model.device.type}
     if resume is not None:
-        saved = resume["grpo"]
+        saved = {"device": "cpu", **resume["grpo"]}  # runs before --device were all on the CPU
+        if saved["device"] != defines["device"]:
+            raise UserError(f"--resume: the run in {args.out} was made on the {saved['device']} and continues "
+                            f"exactly only there; add --device {saved['device']}")
         differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in defines.items() if saved.get(k) != v]
         if differ:
             what = ("the base model's weights differ" if differ[0].startswith("base_weights")
@@ -243,7 +249,7 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
 
 def register(sub) -> None:
     """Add `ddlm finetune` to the subcommands `sub`."""
-    from ..cli_common import _add_threads, _float, _nonneg_int, _positive_int, _seed
+    from ..cli_common import _add_device, _add_threads, _float, _nonneg_int, _positive_int, _seed
     from .rewards import reward_names
 
     f = sub.add_parser("finetune", help="reward fine-tuning of a masked-diffusion model (DRAKES or GRPO)")
@@ -290,4 +296,5 @@ def register(sub) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace an earlier ddlm run in --out")
     f.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_threads(f, 1)
+    _add_device(f)
     f.set_defaults(func=cmd_finetune)
