@@ -188,9 +188,10 @@ def test_memory_estimate_warns_above_half_and_refuses_above_all(monkeypatch):
 @pytest.mark.slow
 def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
     run = tmp_path / "run"
-    # a long step (a 2048-token context): the first signal asks the step to finish, the second must not wait
+    # a long step (16 x 2048 tokens, ~1.6 s on a 2-core machine): the first signal asks the step to finish, the
+    # second, SAME_SIGNAL_S and more later, lands inside the same step and must not wait for its end
     cmd = [sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny", "--out", str(run),
-           "model.max_len=2048", "train.batch_size=2", "train.threads=1", "train.max_steps=100000",
+           "model.max_len=2048", "train.batch_size=16", "train.threads=1", "train.max_steps=100000",
            "train.ckpt_every=1", "train.log_every=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -198,8 +199,9 @@ def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(run)) < 1:
             time.sleep(0.01)
         assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)  # into step 2: a signal during a checkpoint's write stops at that step's end, at once
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        time.sleep(3 * guard.SAME_SIGNAL_S)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
@@ -213,6 +215,46 @@ def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
     assert waited < 3.0
     found = list_checkpoints(run)
     assert found and all(verify(p) is not None for p in found)  # every checkpoint there is complete and intact
+    assert load_latest(run)["step"] >= 1
+
+
+GUARDED = """
+import os, signal, sys, time
+from ddlm.train.guard import SignalGuard
+g = SignalGuard("stopped at once")
+with g:
+    for gap in [float(x) for x in sys.argv[1:]]:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(gap)
+    time.sleep(0.5)
+print("finished the step after", len(g.flag), "signal(s)")
+"""
+
+
+@pytest.mark.parametrize("gaps, code, out", [
+    (["0"], 0, "finished"),           # one Ctrl-C: the step ends, the guard has the flag
+    (["0", "0"], 0, "finished"),      # one signal delivered twice (timeout(1) and its process group): still one
+    (["0.3", "0"], 130, ""),          # a second Ctrl-C, later: at once, one line
+])
+def test_signals_closer_than_same_signal_s_are_one_request(gaps, code, out):
+    p = subprocess.run([sys.executable, "-c", GUARDED, *gaps], capture_output=True, text=True, timeout=60)
+    assert p.returncode == code, p.stderr
+    assert p.stdout.startswith(out) and p.stderr == ("stopped at once\n" if code else "")
+
+
+def test_timeout_sigint_stops_after_the_step_and_writes_the_model(tmp_path):
+    """`timeout -s INT` signals the command twice at once (directly and through its process group): that is one
+    Ctrl-C, so the run ends after its step with a checkpoint and its model, not at once."""
+    import shutil
+
+    if shutil.which("timeout") is None:
+        pytest.skip("no timeout(1)")
+    run = tmp_path / "run"
+    cmd = ["timeout", "-s", "INT", "4", sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny",
+           "--out", str(run), "model.max_len=256", "train.threads=1", "train.max_steps=100000"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 124, p.stderr  # timeout(1)'s status: the command ran out of time
+    assert "stopped at once" not in p.stderr and "interrupted at step" in p.stderr, p.stderr
     assert load_latest(run)["step"] >= 1
 
 

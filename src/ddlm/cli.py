@@ -217,5 +217,20 @@ def main(argv=None) -> int:
         return 0
 
 
+def program() -> None:
+    """The `ddlm` program (console script and `python -m ddlm`): main(), then exit with its status. After an
+    interrupted command (130) the process is only shutting down: a further Ctrl-C or SIGTERM then ends it at once
+    instead of raising KeyboardInterrupt inside the interpreter's clean-up (a traceback). Not in main(), which
+    tests and other programs call in their own process."""
+    code = main()
+    if code == 130:
+        import os
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: os._exit(130))
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

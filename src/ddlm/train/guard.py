@@ -6,6 +6,9 @@ writes a checkpoint and stops. A second one stops the process at once (exit stat
 of a long step: Python runs signal handlers only between bytecodes, so a watcher thread reads the signal
 numbers that the interpreter's C-level handler writes to a wakeup pipe and calls `os._exit`. Nothing is lost
 that was saved: checkpoints are written to a *.tmp file and renamed, so the last complete one stays valid.
+Signals less than SAME_SIGNAL_S apart are one request delivered twice, not a second one: `timeout -s INT`
+sends its signal to the command and again to its process group, microseconds apart (seen on a GPU machine,
+where it made a timed-out `ddlm finetune` stop without writing its model).
 
 Memory. `estimate_bytes` is a deliberately rough upper estimate of one training process's peak: weights,
 gradients, AdamW's two moments, the EMA and an exported copy (7 copies of the parameters, float32), plus
@@ -20,11 +23,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from ..errors import UserError
 from .device import parse_device
 
 EXIT_INTERRUPTED = 130
+SAME_SIGNAL_S = 0.1  # a person's second Ctrl-C comes later than this; one signal delivered twice, sooner
 
 
 class SignalGuard:
@@ -35,6 +40,8 @@ class SignalGuard:
         self.message = message
         self.flag: list[int] = []
         self._handlers, self._pipe, self._old_fd, self._thread = {}, None, None, None
+        self._stopping = threading.Lock()
+        self._first: dict[str, float] = {}  # time.monotonic() of the first signal, as each path saw it
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):  # on every rank: torchrun passes a Ctrl-C on to each worker
@@ -63,13 +70,20 @@ class SignalGuard:
             signal.signal(sig, h)
         return False
 
+    def _is_second(self, path: str) -> bool:
+        """Count one signal seen by `path` ("handler" or "watcher": each sees every signal, the handler perhaps
+        seconds late, after a long C call, so each keeps its own clock); True for a second request: a signal at
+        least SAME_SIGNAL_S after the first that path saw."""
+        now = time.monotonic()
+        first = self._first.setdefault(path, now)
+        return now - first >= SAME_SIGNAL_S
+
     def _on_signal(self, signum, frame):
         self.flag.append(signum)
-        if len(self.flag) >= 2:
+        if self._is_second("handler"):
             self._stop_now()
 
     def _watch(self, fd: int) -> None:
-        seen = 0
         while True:
             try:
                 data = os.read(fd, 64)
@@ -77,11 +91,13 @@ class SignalGuard:
                 return
             if not data:
                 return
-            seen += sum(1 for b in data if b in (signal.SIGINT, signal.SIGTERM))
-            if seen >= 2:
-                self._stop_now()
+            for _ in range(sum(1 for b in data if b in (signal.SIGINT, signal.SIGTERM))):
+                if self._is_second("watcher"):
+                    self._stop_now()
 
     def _stop_now(self) -> None:
+        if not self._stopping.acquire(blocking=False):
+            return  # the handler and the watcher both saw the second signal: the other one says so and exits
         try:
             if self.message:
                 sys.stderr.write(self.message + "\n")
