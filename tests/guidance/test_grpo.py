@@ -8,7 +8,7 @@ from ddlm.config import DataConfig, ModelConfig, RunConfig
 from ddlm.data.batches import Batch
 from ddlm.data.tokenizers import build_tokenizer
 from ddlm.errors import UserError
-from ddlm.guidance.grpo import advantages, draw_masks, finetune, policy_loss, record_rows, token_logp
+from ddlm.guidance.grpo import COLLAPSED, advantages, draw_masks, finetune, policy_loss, record_rows, token_logp
 from ddlm.objectives.mdlm import MDLMObjective
 from ddlm.pipeline import SequenceModel
 
@@ -172,17 +172,23 @@ def test_finetuning_raises_an_exact_reward_and_beta_holds_it_back():
     def share(model):
         return float((model.generate(n=400, steps=L, seed=5, decode=False).tokens == 0).float().mean())
 
-    tails, after = {}, {}
+    tails, after, warned = {}, {}, {}
     for beta in (0.0, 5.0):
         model = _model()
         before = share(model)
+        warned[beta] = []
         hist = finetune(model, lambda tok: (tok == 0).sum(-1).double(), iterations=25, group=16, steps=L,
-                        lr=1e-2, beta=beta, masks=2, inner=1, seed=0)
+                        lr=1e-2, beta=beta, masks=2, inner=1, seed=0, warn=warned[beta].append)
         after[beta] = share(model)
         assert hist[0]["kl"] == 0.0 and len(hist) == 25
         tails[beta] = sum(h["kl"] for h in hist[-5:]) / 5
+        # a group whose distinct share fell below COLLAPSED gets one warning, naming its step
+        low = [i for i, h in enumerate(hist) if h["unique"] < COLLAPSED]
+        assert warned[beta] == ([] if not low else [warned[beta][0]])
+        assert not low or warned[beta][0].startswith(f"grpo step {low[0] + 1}: only ")
     assert before < 0.16 and after[0.0] > 0.3, (before, after)
     assert tails[5.0] < tails[0.0], tails
+    assert len(warned[0.0]) == 1 and warned[5.0] == [], warned  # beta 0 collapses onto all-'a' records
 
 
 def test_inner_steps_reuse_a_group_and_learn_faster_per_sample():

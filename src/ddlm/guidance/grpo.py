@@ -185,6 +185,9 @@ def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, 
             "token_logp": lp.detach()}
 
 
+COLLAPSED = 0.5  # distinct share of a group below which finetune warns (the bases here draw 1.0)
+
+
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
     """GRPO's group-relative advantages (G,): rewards standardised within the group (all 0 when they agree)."""
     r = rewards.double()
@@ -194,14 +197,16 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
              coupled: bool = False, floor: float | None = None, log=None, stop=None, resume: dict | None = None,
-             checkpoint=None, checkpoint_every: int = 0) -> list[dict]:
+             checkpoint=None, checkpoint_every: int = 0, warn=None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
     group), unique (distinct rows / G), length (mean scored positions a row: the record and its end token).
     stop() -> bool, asked after every step: True ends the run there (Ctrl-C in `ddlm finetune`), the history so
-    far returned.
+    far returned. warn(line) is called once, the first time fewer than COLLAPSED of a group's records are distinct:
+    the policy is collapsing onto a few records (seen at lr 4e-4 with floor 4 on a GPU by step 150), and the
+    steps after that rarely recover.
 
     Resuming exactly: checkpoint(state) is called after every `checkpoint_every`-th step, after the last and after
     a stop, with state = {"step", "backbone", "optimizer", "generator", "history"} (what the next step depends on:
@@ -234,6 +239,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     def state():
         return {"step": len(history), "backbone": backbone.state_dict(), "optimizer": opt.state_dict(),
                 "generator": g.get_state(), "history": list(history)}
+    warned = False
     was = backbone.training
     backbone.eval()  # no dropout: the records are the sampler's and the ELBO the evaluator's
     try:
@@ -264,6 +270,11 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
                             "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4),
                             "length": round(float(scored.sum(-1).double().mean()), 2)})
+            if warn is not None and history[-1]["unique"] < COLLAPSED and not warned:
+                warned = True
+                warn(f"grpo step {it + 1}: only {history[-1]['unique']:.0%} of the group's records are distinct, the "
+                     "policy is collapsing onto a few; a lower --lr or a --floor holds it, and the checkpoints "
+                     "before this step are the run's last good ones")
             if log is not None:
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
