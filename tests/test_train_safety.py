@@ -242,19 +242,32 @@ def test_signals_closer_than_same_signal_s_are_one_request(gaps, code, out):
     assert p.stdout.startswith(out) and p.stderr == ("stopped at once\n" if code else "")
 
 
-def test_timeout_sigint_stops_after_the_step_and_writes_the_model(tmp_path):
-    """`timeout -s INT` signals the command twice at once (directly and through its process group): that is one
-    Ctrl-C, so the run ends after its step with a checkpoint and its model, not at once."""
-    import shutil
+def test_a_signal_sent_as_timeout_sends_it_stops_after_the_step(tmp_path):
+    """`timeout -s INT` signals the command and then its whole process group, microseconds apart: one request,
+    so the run ends after its step with a checkpoint (exit 130, `interrupted at step`), not at once. (A Linux
+    kernel often merges the two while the first is pending, so this passes with the old count too; the gVisor
+    kernel of a GPU machine delivered both. The in-process case above, two kills of itself, delivers both.)"""
+    import os
 
-    if shutil.which("timeout") is None:
-        pytest.skip("no timeout(1)")
     run = tmp_path / "run"
-    cmd = ["timeout", "-s", "INT", "4", sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny",
-           "--out", str(run), "model.max_len=256", "train.threads=1", "train.max_steps=100000"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 124, p.stderr  # timeout(1)'s status: the command ran out of time
-    assert "stopped at once" not in p.stderr and "interrupted at step" in p.stderr, p.stderr
+    cmd = [sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny", "--out", str(run),
+           "model.max_len=256", "train.threads=1", "train.max_steps=100000", "train.ckpt_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as timeout(1) makes one
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(run)) < 1:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        os.kill(proc.pid, signal.SIGINT)  # what timeout(1) does when the time is up
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "stopped at once" not in err and "interrupted at step" in err, err
     assert load_latest(run)["step"] >= 1
 
 

@@ -40,8 +40,7 @@ class SignalGuard:
         self.message = message
         self.flag: list[int] = []
         self._handlers, self._pipe, self._old_fd, self._thread = {}, None, None, None
-        self._stopping = threading.Lock()
-        self._first: dict[str, float] = {}  # time.monotonic() of the first signal, as each path saw it
+        self._first: float | None = None  # time.monotonic() of the first signal
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):  # on every rank: torchrun passes a Ctrl-C on to each worker
@@ -70,17 +69,18 @@ class SignalGuard:
             signal.signal(sig, h)
         return False
 
-    def _is_second(self, path: str) -> bool:
-        """Count one signal seen by `path` ("handler" or "watcher": each sees every signal, the handler perhaps
-        seconds late, after a long C call, so each keeps its own clock); True for a second request: a signal at
-        least SAME_SIGNAL_S after the first that path saw."""
+    def _is_second(self) -> bool:
+        """Count one signal; True for a second request: a signal at least SAME_SIGNAL_S after the first."""
         now = time.monotonic()
-        first = self._first.setdefault(path, now)
-        return now - first >= SAME_SIGNAL_S
+        if self._first is None:
+            self._first = now
+        return now - self._first >= SAME_SIGNAL_S
 
     def _on_signal(self, signum, frame):
         self.flag.append(signum)
-        if self._is_second("handler"):
+        # the watcher, when there is one, tells a second signal from a repeat: this handler may run seconds late
+        # (after a long C call), which would part two signals that came together
+        if self._pipe is None and self._is_second():
             self._stop_now()
 
     def _watch(self, fd: int) -> None:
@@ -92,12 +92,10 @@ class SignalGuard:
             if not data:
                 return
             for _ in range(sum(1 for b in data if b in (signal.SIGINT, signal.SIGTERM))):
-                if self._is_second("watcher"):
+                if self._is_second():
                     self._stop_now()
 
     def _stop_now(self) -> None:
-        if not self._stopping.acquire(blocking=False):
-            return  # the handler and the watcher both saw the second signal: the other one says so and exits
         try:
             if self.message:
                 sys.stderr.write(self.message + "\n")
