@@ -8,7 +8,8 @@ from ddlm.config import DataConfig, ModelConfig, RunConfig
 from ddlm.data.batches import Batch
 from ddlm.data.tokenizers import build_tokenizer
 from ddlm.errors import UserError
-from ddlm.guidance.grpo import COLLAPSED, advantages, draw_masks, finetune, policy_loss, record_rows, token_logp
+from ddlm.guidance.grpo import (COLLAPSED, advantages, break_signs, draw_masks, finetune, policy_loss, record_rows,
+                                token_logp)
 from ddlm.objectives.mdlm import MDLMObjective
 from ddlm.pipeline import SequenceModel
 
@@ -185,7 +186,7 @@ def test_finetuning_raises_an_exact_reward_and_beta_holds_it_back():
         # a group whose distinct share fell below COLLAPSED gets one warning, naming its step
         low = [i for i, h in enumerate(hist) if h["unique"] < COLLAPSED]
         assert warned[beta] == ([] if not low else [warned[beta][0]])
-        assert not low or warned[beta][0].startswith(f"grpo step {low[0] + 1}: only ")
+        assert not low or warned[beta][0].startswith(f"grpo step {low[0] + 1}: only ")  # 25 steps: no KL sign
     assert before < 0.16 and after[0.0] > 0.3, (before, after)
     assert tails[5.0] < tails[0.0], tails
     assert len(warned[0.0]) == 1 and warned[5.0] == [], warned  # beta 0 collapses onto all-'a' records
@@ -280,3 +281,22 @@ def test_the_floor_stops_pushing_a_worse_records_tokens_below_the_reference():
     assert not torch.allclose(grads(a, ref, None), only_better, atol=1e-4)  # the worse record does count without
     with pytest.raises(UserError, match="floor"):
         finetune(_model(), lambda tok: tok.sum(-1), floor=-1.0)
+
+
+# the KL per masked position at steps 266-300 of the floor-4 QED run (README, GRPO), which broke at step ~291, and
+# at steps 166-200 of the floor-2 run, which did not
+BROKE = [0.423, 0.398, 0.42, 0.417, 0.443, 0.456, 0.45, 0.466, 0.437, 0.44, 0.443, 0.409, 0.425, 0.416, 0.401,
+         0.392, 0.379, 0.382, 0.378, 0.376, 0.366, 0.376, 0.412, 0.454, 0.449, 0.736, 1.246, 1.797, 2.17, 2.25]
+HELD = [0.228, 0.237, 0.256, 0.267, 0.246, 0.236, 0.232, 0.206, 0.213, 0.213, 0.208, 0.223, 0.218, 0.212, 0.208,
+        0.209, 0.213, 0.215, 0.218, 0.212, 0.212, 0.209, 0.189, 0.197, 0.2, 0.208, 0.205, 0.197, 0.183, 0.18]
+
+
+def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
+    def first_sign(kls, unique=1.0):
+        history = [{"kl": k, "unique": unique} for k in kls]
+        return next((i for i in range(1, len(history) + 1) if break_signs(history[:i])), None)
+
+    assert first_sign(BROKE) == 27  # step 292: KL 1.25 against at most 0.47 (the step before, 0.74, is not yet)
+    assert "jumped to 1.25 (at most 0.47" in break_signs([{"kl": k, "unique": 1.0} for k in BROKE[:27]])
+    assert first_sign(HELD) is None
+    assert first_sign(HELD[:3], unique=0.4) == 1 and "only 40% of the group" in break_signs([{"kl": 0, "unique": .4}])

@@ -186,6 +186,24 @@ def policy_loss(backbone, ref_logp: torch.Tensor, objective, big: Batch, t, xt, 
 
 
 COLLAPSED = 0.5  # distinct share of a group below which finetune warns (the bases here draw 1.0)
+KL_JUMP = 2.0  # a step's KL over the highest of the 20 steps before the last 5: finetune warns above this
+
+
+def break_signs(history: list[dict]) -> str | None:
+    """Why the run in `history` (finetune's dicts) looks broken at its last step, or None. Two signs: fewer than
+    COLLAPSED of the group's records are distinct (a GPU run at lr 4e-4, floor 4, by step 150: 2%), or the KL
+    per masked position jumps, over KL_JUMP times the highest of steps -25..-6 (found on the QED runs of the
+    README: at step 292 of the floor-4 run, 1.25 against 0.47, the group's QED 0.78 -> 0.37 within 5 steps; at
+    144 and 142 of the lr 4e-4 and 2e-4 runs without a floor; never in the floor-2 run's 200 steps or before
+    those breaks). The last 5 steps are left out of the baseline because a KL rises over 2-3 steps as it breaks."""
+    h = history[-1]
+    if h["unique"] < COLLAPSED:
+        return f"only {h['unique']:.0%} of the group's records are distinct"
+    if len(history) > 25:
+        before = max(x["kl"] for x in history[-26:-6])
+        if h["kl"] > KL_JUMP * before:
+            return f"the KL per masked position jumped to {h['kl']:.2f} (at most {before:.2f} 6-25 steps before)"
+    return None
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -204,9 +222,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     Returns one dict per iteration: reward (mean), reward_median, kl and elbo (of the weights that drew the
     group), unique (distinct rows / G), length (mean scored positions a row: the record and its end token).
     stop() -> bool, asked after every step: True ends the run there (Ctrl-C in `ddlm finetune`), the history so
-    far returned. warn(line) is called once, the first time fewer than COLLAPSED of a group's records are distinct:
-    the policy is collapsing onto a few records (seen at lr 4e-4 with floor 4 on a GPU by step 150), and the
-    steps after that rarely recover.
+    far returned. warn(line) is called once, at the first step where break_signs sees the run breaking.
 
     Resuming exactly: checkpoint(state) is called after every `checkpoint_every`-th step, after the last and after
     a stop, with state = {"step", "backbone", "optimizer", "generator", "history"} (what the next step depends on:
@@ -270,11 +286,11 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
                             "kl": round(float(first["kl"]), 6), "elbo": round(float(first["elbo"]), 5),
                             "unique": round(len({tuple(row) for row in batch.tokens.tolist()}) / group, 4),
                             "length": round(float(scored.sum(-1).double().mean()), 2)})
-            if warn is not None and history[-1]["unique"] < COLLAPSED and not warned:
+            why = None if warn is None or warned else break_signs(history)
+            if why is not None:
                 warned = True
-                warn(f"grpo step {it + 1}: only {history[-1]['unique']:.0%} of the group's records are distinct, the "
-                     "policy is collapsing onto a few; a lower --lr or a --floor holds it, and the checkpoints "
-                     "before this step are the run's last good ones")
+                warn(f"grpo step {it + 1}: {why}: the run is breaking (README, GRPO); the checkpoints before this "
+                     "step are its last good ones, and a lower --lr or a --floor holds it longer")
             if log is not None:
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "
