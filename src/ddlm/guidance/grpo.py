@@ -48,7 +48,9 @@ arXiv 2510.09541) answers with an upper bound for negative advantages. `floor` i
 record's token is pushed down only while its log p stays within `floor` nats of the reference's. With floor 2
 at lr 4e-4 the same run went 200 steps without a break (KL 0.12-0.22, own ELBO -1.5 throughout) but learned
 less (group means 0.64-0.67 from step 20 on, against 0.71-0.73 before the break without it); floor 4 learned
-more (0.71-0.73 from step 100 on, KL up to 0.36) and did not break in 200 steps either.
+more (0.71-0.73 from step 100 on, KL up to 0.36) and did not break in 200 steps either, but did at ~290 (KL
+0.45 -> 2.2, the group's QED 0.78 -> 0.37 within 5 steps; its step-275 model samples a plain median QED of 0.807).
+break_signs finds such a break as it starts; finetune warns there.
 """
 
 from __future__ import annotations
