@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_molecules(sub)
     from .guidance.cli_finetune import register as register_finetune
     register_finetune(sub)
+    from .cli_export import register as register_export
+    register_export(sub)
     from .cli_plot import register as register_plot
     register_plot(sub)
     from .cli_serve import register as register_serve

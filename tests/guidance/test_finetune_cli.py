@@ -153,6 +153,33 @@ def test_a_resumed_grpo_run_equals_the_unbroken_run(tiny_run, tmp_path):
 
 
 @needs_molecules
+def test_export_writes_a_grpo_checkpoints_weights_with_the_base_models_config(tiny_run, tmp_path):
+    """`ddlm export` of step 1 of a 2-step GRPO run: the checkpoint's backbone, loadable; without the run's model/
+    the base named in the checkpoint gives the config and tokenizer, and the weights are the same."""
+    from ddlm.pipeline import SequenceModel
+    from ddlm.train.checkpoint import list_checkpoints, verify
+    import io
+
+    out = tmp_path / "grpo"
+    code, _, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
+                            "--max-steps", "2", "--batch-size", "2", "--steps", "2", "--ckpt-every", "1", "--quiet"])
+    assert code == 0, err
+    path = next(p for p in list_checkpoints(out) if p.name == "step-00000001.pt")
+    state = torch.load(io.BytesIO(verify(path)), map_location="cpu", weights_only=False)
+    assert state["base"] == str(tiny_run.resolve())
+    for name in ("with-model", "from-base"):
+        if name == "from-base":
+            shutil.rmtree(out / "model")
+        code, _, err = run_cli(["export", str(out), "--step", "1", "--out", str(tmp_path / name)])
+        assert code == 0, err
+        got = SequenceModel.from_pretrained(tmp_path / name).backbone.state_dict()
+        assert all(torch.equal(got[k], state["backbone"][k]) for k in got)
+    final = SequenceModel.from_pretrained(tmp_path / "with-model").backbone.state_dict()
+    base = SequenceModel.from_pretrained(tiny_run).backbone.state_dict()
+    assert not all(torch.equal(final[k], base[k]) for k in final)  # fine-tuned weights, not the base's
+
+
+@needs_molecules
 def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases = []
     cases.append((["finetune", str(tiny_run), "--reward", "nope", "--out", str(tmp_path / "a")], "unknown reward"))

@@ -239,10 +239,12 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     ckpt_every = max(1, args.max_steps // 10) if args.ckpt_every is None else args.ckpt_every
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
                             beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled,
-                            floor=args.floor, log=log, warn=lambda line: say(f"warning: {line}"),
+                            floor=args.floor, log=log, warn=lambda line: say(
+                                f"warning: {line} (`ddlm export {args.out} --step N --out DIR` writes one's model)"),
                             stop=stop, resume=resume, checkpoint_every=ckpt_every,
                             checkpoint=lambda state: (prepare(), save_checkpoint(
-                                args.out, {**state, "grpo": defines}, resume_command="ddlm finetune ... --resume")))
+                                args.out, {**state, "grpo": defines, "base": str(Path(args.model).resolve())},
+                                resume_command="ddlm finetune ... --resume")))
     report = {"reward": name, "settings": {**settings, "ckpt_every": ckpt_every}}
     return history, name, report, lambda out: None
 
