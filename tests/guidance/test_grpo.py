@@ -290,6 +290,11 @@ BROKE = [0.423, 0.398, 0.42, 0.417, 0.443, 0.456, 0.45, 0.466, 0.437, 0.44, 0.44
 HELD = [0.228, 0.237, 0.256, 0.267, 0.246, 0.236, 0.232, 0.206, 0.213, 0.213, 0.208, 0.223, 0.218, 0.212, 0.208,
         0.209, 0.213, 0.215, 0.218, 0.212, 0.212, 0.209, 0.189, 0.197, 0.2, 0.208, 0.205, 0.197, 0.183, 0.18]
 
+# the first 27 steps of a second-stage run (from the floor-4 run's step-275 model, lr 2e-4, floor 4), which went
+# on learning: a small KL doubling as it starts (step 27 rounded as the warning printed it)
+FIRST_STEPS = [0.0, 0.003, 0.008, 0.016, 0.025, 0.021, 0.022, 0.029, 0.032, 0.041, 0.082, 0.069, 0.048, 0.055,
+               0.048, 0.077, 0.088, 0.046, 0.06, 0.051, 0.053, 0.058, 0.154, 0.069, 0.077, 0.09, 0.18]
+
 
 def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
     def first_sign(kls, unique=1.0):
@@ -299,4 +304,5 @@ def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
     assert first_sign(BROKE) == 27  # step 292: KL 1.25 against at most 0.47 (the step before, 0.74, is not yet)
     assert "jumped to 1.25 (at most 0.47" in break_signs([{"kl": k, "unique": 1.0} for k in BROKE[:27]])
     assert first_sign(HELD) is None
+    assert first_sign(FIRST_STEPS) is None  # KL_JUMP alone fires at its step 27: 0.18 against at most 0.088
     assert first_sign(HELD[:3], unique=0.4) == 1 and "only 40% of the group" in break_signs([{"kl": 0, "unique": .4}])
