@@ -1,18 +1,18 @@
 """Steering a molecule model towards drug-likeness (QED): unguided, AR, best-of-N, SVDD and SMC side by side.
 
-Every row samples --n molecules from the same seed; the cost is the network rows evaluated per molecule
-(row_evals / n, which counts the value calls of SVDD and SMC and the N draws of best-of-N) and the seconds per
-molecule. Columns: validity, uniqueness, novelty against the MOSES training set, internal diversity (IntDiv),
-median and 90th-percentile QED of the valid molecules, the fraction with QED > 0.9, NFE. `train_qed_p75` is the
-75th-percentile QED of a seeded random sample of the training set, the bar the issue sets for guided medians.
-Classifier-free guidance needs a labelled model: with --cond-model DIR (a model trained on a moses -qed4 kind,
-e.g. data.records=smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-q4) at guidance scales 1 and 3.
-The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the same
-seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
+Every row samples --n molecules from the same seed; the cost is the network rows evaluated per molecule (row_evals /
+n, which counts the value calls of SVDD and SMC and the N draws of best-of-N) and the seconds per molecule. Columns:
+validity, uniqueness, novelty against the MOSES training set, internal diversity (IntDiv), median and
+90th-percentile QED of the valid molecules, the fraction with QED > 0.9, NFE. `train_qed_p75` is the 75th-percentile
+QED of a seeded random sample of the training set, the bar the issue sets for guided medians. Classifier-free
+guidance needs a labelled model: with --cond-model DIR (a model trained on a moses -qed4 kind, e.g.
+data.records=smiles-5k-qed4) the rows cfg-1 and cfg-3 sample it towards its top QED bin (qed-q4) at guidance scales
+1 and 3. The `drakes` row samples a model fine-tuned by `ddlm finetune DIR --reward qed` (--drakes DIR) with the
+same seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMILES, or SELFIES turned into SMILES).
 The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
-and `grpo+svdd` / `grpo+smc` decode that model with SVDD (M = --m) / SMC (K = --k): fine-tuning and
-reward-guided decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws
-per molecule (N times the cost).
+and `grpo+svdd` / `grpo+smc` decode that model with SVDD (M = --m) / SMC (K = --k): fine-tuning and reward-guided
+decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N
+times the cost).
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,
