@@ -13,20 +13,15 @@ broke, a training run that over-fitted) keeps of its better days. Both kinds of 
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 from .errors import UserError
 
 
-def _step_of(path: Path) -> int:
-    return int(re.fullmatch(r"step-(\d+)\.pt", path.name).group(1))
-
-
 def checkpoint_state(run: Path, step: int | None) -> dict:
     """The state of checkpoint `step` of `run` (None: the newest that verifies), read on the CPU."""
-    from .train.checkpoint import list_checkpoints, load_latest, verify
+    from .train.checkpoint import list_checkpoints, load_latest, read_checkpoint, step_of, verify
 
     found = list_checkpoints(run) if run.is_dir() else []
     if not found:
@@ -37,19 +32,15 @@ def checkpoint_state(run: Path, step: int | None) -> dict:
         if state is None:
             raise UserError(f"no checkpoint of {run} verifies (every one is damaged or incomplete)")
         return state
-    steps = sorted(_step_of(p) for p in found)
-    path = next((p for p in found if _step_of(p) == step), None)
+    steps = sorted(step_of(p) for p in found)
+    path = next((p for p in found if step_of(p) == step), None)
     if path is None:
         raise UserError(f"{run} has no checkpoint of step {step}; it keeps steps {', '.join(map(str, steps))}")
     data = verify(path)
     if data is None:
         raise UserError(f"checkpoint {path} is damaged or incomplete; choose another --step "
                         f"({', '.join(map(str, steps))})")
-    import io
-
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return read_checkpoint(path, data)
 
 
 def cmd_export(args) -> int:

@@ -68,8 +68,13 @@ def list_checkpoints(run_dir) -> list[Path]:
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.search(p.name))]
+    found = [(step_of(p), p) for p in ckpt_dir.iterdir() if _NAME.search(p.name)]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name (step-00000100.pt -> 100)."""
+    return int(_NAME.search(Path(path).name).group(1))
 
 
 def verify(path: Path) -> bytes | None:
@@ -103,14 +108,18 @@ def load_latest(run_dir, log=print) -> dict | None:
                    else "incomplete (no checksum: the run stopped while writing it)")
             log(f"checkpoint {path} is {why}; trying an older one")
             continue
-        try:
-            # on the CPU: load_state_dict copies into the weights where they are, and the optimiser moves
-            # its state to its parameters' device
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except Exception as e:  # right checksum but unreadable: written by an incompatible torch/ddlm
-            raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it was written by an "
-                            "incompatible version, resume with that version or start again") from None
+        return read_checkpoint(path, data)
     return None
+
+
+def read_checkpoint(path: Path, data: bytes) -> dict:
+    """The state in a checkpoint's verified bytes `data` (verify(path)), on the CPU: load_state_dict copies into
+    the weights where they are, and the optimiser moves its state to its parameters' device."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as e:  # right checksum but unreadable: written by an incompatible torch/ddlm
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); it was written by an "
+                        "incompatible version, resume with that version or start again") from None
 
 
 def rng_state() -> dict:
