@@ -4,6 +4,7 @@ and --help say what they do."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import signal
@@ -185,6 +186,23 @@ def test_memory_estimate_warns_above_half_and_refuses_above_all(monkeypatch):
     assert bigger > need
 
 
+@contextlib.contextmanager
+def _training_past_its_first_checkpoint(cmd, run, **popen):
+    """The `ddlm train` process `cmd` (stderr piped) once `run` holds its first checkpoint; killed on the way out
+    if it still runs."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(run)) < 1:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
     run = tmp_path / "run"
@@ -193,12 +211,7 @@ def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
     cmd = [sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny", "--out", str(run),
            "model.max_len=2048", "train.batch_size=16", "train.threads=1", "train.max_steps=100000",
            "train.ckpt_every=1", "train.log_every=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(run)) < 1:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read()
+    with _training_past_its_first_checkpoint(cmd, run) as proc:
         time.sleep(0.2)  # into step 2: a signal during a checkpoint's write stops at that step's end, at once
         proc.send_signal(signal.SIGINT)
         time.sleep(3 * guard.SAME_SIGNAL_S)
@@ -206,10 +219,6 @@ def test_a_second_sigint_stops_at_once_and_keeps_complete_checkpoints(tmp_path):
         sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
         waited = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and "stopped at once" in err and f"--resume {run}" in err
     assert waited < 3.0
@@ -252,20 +261,11 @@ def test_a_signal_sent_as_timeout_sends_it_stops_after_the_step(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ddlm", "train", "--quiet", "--preset", "tiny", "--out", str(run),
            "model.max_len=256", "train.threads=1", "train.max_steps=100000", "train.ckpt_every=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as timeout(1) makes one
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(run)) < 1:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read()
+    # its own process group, as timeout(1) makes one
+    with _training_past_its_first_checkpoint(cmd, run, start_new_session=True) as proc:
         os.kill(proc.pid, signal.SIGINT)  # what timeout(1) does when the time is up
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err
     assert "stopped at once" not in err and "interrupted at step" in err, err
     assert load_latest(run)["step"] >= 1
