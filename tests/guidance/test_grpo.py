@@ -290,10 +290,18 @@ BROKE = [0.423, 0.398, 0.42, 0.417, 0.443, 0.456, 0.45, 0.466, 0.437, 0.44, 0.44
 HELD = [0.228, 0.237, 0.256, 0.267, 0.246, 0.236, 0.232, 0.206, 0.213, 0.213, 0.208, 0.223, 0.218, 0.212, 0.208,
         0.209, 0.213, 0.215, 0.218, 0.212, 0.212, 0.209, 0.189, 0.197, 0.2, 0.208, 0.205, 0.197, 0.183, 0.18]
 
-# the first 27 steps of a second-stage run (from the floor-4 run's step-275 model, lr 2e-4, floor 4), which went
-# on learning: a small KL doubling as it starts (step 27 rounded as the warning printed it)
-FIRST_STEPS = [0.0, 0.003, 0.008, 0.016, 0.025, 0.021, 0.022, 0.029, 0.032, 0.041, 0.082, 0.069, 0.048, 0.055,
-               0.048, 0.077, 0.088, 0.046, 0.06, 0.051, 0.053, 0.058, 0.154, 0.069, 0.077, 0.09, 0.18]
+# the first 40 steps of a second-stage run (from the floor-4 run's step-275 model, lr 2e-4, floor 4) and the first 30
+# of a third stage (lr 2e-4, floor 4), which both went on learning: a small KL doubling as they start, then a spike
+# of one or two steps (0.611 at step 35; 0.629, 0.652 at steps 25-26) that falls back
+STAGE2_START = [0.0, 0.003, 0.008, 0.016, 0.025, 0.021, 0.022, 0.029, 0.032, 0.041, 0.082, 0.069, 0.048, 0.055,
+                0.048, 0.077, 0.088, 0.046, 0.06, 0.051, 0.053, 0.058, 0.154, 0.069, 0.077, 0.073, 0.18, 0.201,
+                0.072, 0.143, 0.086, 0.338, 0.394, 0.212, 0.611, 0.421, 0.437, 0.128, 0.131, 0.226]
+STAGE3_START = [0.0, 0.007, 0.016, 0.016, 0.021, 0.02, 0.037, 0.031, 0.041, 0.078, 0.059, 0.068, 0.078, 0.071,
+                0.065, 0.067, 0.07, 0.08, 0.083, 0.087, 0.067, 0.133, 0.247, 0.243, 0.629, 0.652, 0.34, 0.461,
+                0.441, 0.377]
+# a third stage at beta 0.01 that broke within 20 steps (the group's QED 0.83 -> 0.38 by step 20)
+EARLY_BREAK = [0.0, 0.013, 0.019, 0.052, 0.048, 0.125, 0.07, 0.161, 0.127, 0.21, 0.322, 0.155, 0.144, 0.214, 0.389,
+               0.503, 0.328, 0.824, 1.103, 1.357, 1.533, 1.705]
 
 
 def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
@@ -301,8 +309,12 @@ def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
         history = [{"kl": k, "unique": unique} for k in kls]
         return next((i for i in range(1, len(history) + 1) if break_signs(history[:i])), None)
 
-    assert first_sign(BROKE) == 27  # step 292: KL 1.25 against at most 0.47 (the step before, 0.74, is not yet)
-    assert "jumped to 1.25 (at most 0.47" in break_signs([{"kl": k, "unique": 1.0} for k in BROKE[:27]])
+    assert first_sign(BROKE) == 29  # step 294: 1.25, 1.80, 2.17 against at most 0.47 (0.74 before them is not yet)
+    assert "jumped to 1.25, 1.80, 2.17 over 3 steps (at most 0.47" in break_signs(
+        [{"kl": k, "unique": 1.0} for k in BROKE[:29]])
     assert first_sign(HELD) is None
-    assert first_sign(FIRST_STEPS) is None  # KL_JUMP alone fires at its step 27: 0.18 against at most 0.088
+    # without KL_RISE the rule fires at steps 37 and 13 of these two, without KL_STEPS at 35 and 25
+    assert first_sign(STAGE2_START) is None and first_sign(STAGE3_START) is None
+    assert first_sign(EARLY_BREAK) == 20  # 0.82, 1.10, 1.36 against at most 0.32 (steps 1-12)
+    assert first_sign([0.0] * 5 + [5.0] * 5) is None  # a baseline needs 5 steps: none in the first 10
     assert first_sign(HELD[:3], unique=0.4) == 1 and "only 40% of the group" in break_signs([{"kl": 0, "unique": .4}])
