@@ -12,7 +12,10 @@ same seed and steps; its molecules are decoded as `ddlm eval` decodes them (SMIL
 The `grpo` row does the same for a model fine-tuned by `ddlm finetune DIR --method grpo --reward qed` (--grpo DIR),
 and `grpo+svdd` / `grpo+smc` decode that model with SVDD (M = --m) / SMC (K = --k): fine-tuning and reward-guided
 decoding compose; --grpo-best-of N adds `grpo+svdd-best-of-N`, the best QED of N such SVDD draws per molecule (N
-times the cost).
+times the cost). Decoding order: `planned-top-margin` and `grpo+planned-top-margin` decode the base and the --grpo
+model with the same steps in an adaptive order (--order, default top_margin: each step commits the positions whose
+top-two probabilities are furthest apart, Kim et al. 2025; --order-gumbel noise on those scores, default 0.5), no
+reward calls: the unguided cost.
 
 Naturalness, `nll_base` (every row): the pretrained --model's bound on the row's valid molecules, in nats per
 molecule: each valid molecule is written as the base model's training records were (RDKit's canonical SMILES,
@@ -31,7 +34,8 @@ needs matplotlib) draws QED median against rows per molecule for the three metho
 
     python benchmarks/guidance.py --model DIR [--ar DIR] [--cond-model DIR] [--drakes DIR] [--grpo DIR
         [--grpo-best-of N]] [--n 200]
-        [--steps 64] [--m 4] [--k 4] [--curve [--plot PNG]] [--json]
+        [--steps 64] [--m 4] [--k 4] [--order top_margin|top_prob|entropy|none] [--order-gumbel 0.5]
+        [--curve [--plot PNG]] [--json]
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class Draws:
 
     def __call__(self, model, **extra):
         """(output, seconds) of model.generate(**kw, **extra)."""
-        key = (id(model), tuple(sorted(dict(self.kw, **extra).items())))
+        key = (id(model), tuple(sorted((k, repr(v)) for k, v in dict(self.kw, **extra).items())))
         if key not in self._done:
             t0 = time.perf_counter()
             out = model.generate(**dict(self.kw, **extra))
@@ -224,6 +228,11 @@ def main(argv=None) -> int:
                    "rows")
     p.add_argument("--grpo-best-of", type=int, metavar="N", help="with --grpo: also the best of N SVDD draws of "
                    "the fine-tuned model per molecule")
+    p.add_argument("--order", default="top_margin", choices=("top_prob", "top_margin", "entropy", "none"), help="the adaptive decoding order of the planned-ORDER rows "
+                   "(the base model, and the --grpo model, decoded in that order at the same steps; 'none': no such "
+                   "rows; default top_margin)")
+    p.add_argument("--order-gumbel", type=float, default=0.5, help="Gumbel noise on the order's scores (0 = "
+                   "deterministic; default 0.5)")
     p.add_argument("--cond-model", help="a model trained on a moses -qed4 kind for the cfg-1 and cfg-3 rows")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=64)
@@ -244,6 +253,8 @@ def main(argv=None) -> int:
         p.error("--grpo-best-of N needs --grpo DIR and N >= 2")
     if a.plot and not a.curve:
         p.error("--plot draws the --curve sweep; add --curve")
+    if not a.order_gumbel >= 0:
+        p.error(f"--order-gumbel must be >= 0 (0 = deterministic), got {a.order_gumbel}")
     torch.set_num_threads(1)
     from ddlm.guidance.steer import texts_of
     from ddlm.pipeline import SequenceModel
@@ -265,6 +276,11 @@ def main(argv=None) -> int:
 
     out, s = draw(model)
     add("unguided", texts_of(model, out.tokens), out, s)
+    planned = None
+    if a.order != "none":  # the same network calls, the positions decoded most confident first (Kim et al.)
+        planned = dict(sampler="planned", planner=a.order, planner_options={"gumbel": a.order_gumbel})
+        o, s = draw(model, **planned)
+        add(f"planned-{a.order.replace('_', '-')}", texts_of(model, o.tokens), o, s)
     if a.ar:
         ar = SequenceModel.from_pretrained(a.ar)
         t0 = time.perf_counter()
@@ -293,6 +309,9 @@ def main(argv=None) -> int:
         tuned = SequenceModel.from_pretrained(a.grpo)
         o, s = draw(tuned)
         add("grpo", texts_of(tuned, o.tokens), o, s)
+        if planned is not None:
+            o, s = draw(tuned, **planned)
+            add(f"grpo+planned-{a.order.replace('_', '-')}", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", svdd_candidates=a.m)
         add("grpo+svdd", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", smc_particles=a.k, smc_alpha=a.smc_alpha)

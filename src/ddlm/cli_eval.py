@@ -22,9 +22,9 @@ def cmd_eval(args) -> int:
     from .pipeline import SequenceModel
     from .train.loop import validation_blocks
 
-    if args.planner_option and not (args.task == "text" and args.gen_ppl):  # before loading anything
-        raise UserError("--planner-option applies to --gen-ppl sampling (task sudoku takes --remask-option); "
-                        "add --gen-ppl or drop it")
+    if args.planner_option and not (args.task == "text" and args.gen_ppl or args.task == "molecules"):
+        raise UserError("--planner-option applies to --gen-ppl and task molecules sampling (task sudoku takes "
+                        "--remask-option); add --gen-ppl or drop it")  # before loading anything
     _threads(args.threads, EVAL_THREADS)
     model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
     if args.task != "text":
@@ -117,10 +117,12 @@ def register(sub) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--task", default="text", choices=list(TASKS_HELP),
                    help="what to evaluate: " + "; ".join(f"{k}: {v}" for k, v in TASKS_HELP.items()))
-    e.add_argument("--planner", metavar="NAME", help="task sudoku and --gen-ppl: decoding order, one of "
+    e.add_argument("--planner", metavar="NAME", help="task sudoku, task molecules and --gen-ppl: decoding order "
+                   "(with --sampler planned), one of "
                    f"{', '.join(planner_names())}")
     e.add_argument("--limit", type=_positive_int, help="task sudoku: evaluate the first N puzzles")
-    e.add_argument("--steps", type=_positive_int, help="task sudoku and --gen-ppl: denoising steps")
+    e.add_argument("--steps", type=_positive_int, help="task sudoku, task molecules and --gen-ppl: denoising "
+                   "steps")
     from .tasks.sudoku.cli import add_solving_options
     add_solving_options(e, "task sudoku: ")
     e.add_argument("--gen-ppl", action="store_true", help="generative perplexity of samples under a judge LM, "
@@ -130,9 +132,10 @@ def register(sub) -> None:
     e.add_argument("--samples", type=_positive_int, help="--gen-ppl: number of samples (default 8); task "
                    "molecules: molecules sampled (default 1000)")
     e.add_argument("--length", type=_positive_int, help="--gen-ppl: tokens per sample (default: the context)")
-    e.add_argument("--sampler", help="--gen-ppl: sampler (default: the model's); task sudoku: planned (default) or "
-                   "remask (re-mask the cells that break a rule and decode them again; see --remask-option)")
-    add_planner_options(e, "--gen-ppl: ")
+    e.add_argument("--sampler", help="--gen-ppl and task molecules: sampler (default: the model's); task sudoku: "
+                   "planned (default) or remask (re-mask the cells that break a rule and decode them again; see "
+                   "--remask-option)")
+    add_planner_options(e, "--gen-ppl and task molecules: ")
     from .tasks.molecules.cli import add_eval_options
     add_eval_options(e)
     _add_device(e)

@@ -169,3 +169,21 @@ def test_plot_needs_the_curve_and_draws_one(tmp_path):
            for n in (1, 2)] + [{"method": "svdd-M", "setting": 2, "rows_per_molecule": 9.0, "qed_median": None}]
     assert bench.plot_curve(pts, tmp_path / "c.png", "t") == f"plot written to {tmp_path / 'c.png'}"
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_planned_draw_is_the_planned_generate_call_and_each_gumbel_its_own(tmp_path):
+    model = _curve_model()
+    kw = dict(n=4, steps=4, length=None, seed=0, sampler="ancestral")
+    draw = bench.Draws(kw)
+    planned = dict(sampler="planned", planner="top_margin", planner_options={"gumbel": 0.5})
+    out, _ = draw(model, **planned)  # a dict option is part of the call's key
+    assert torch.equal(out.tokens, model.generate(**dict(kw, **planned)).tokens)
+    assert draw(model, **planned)[0] is out
+    plain = dict(planned, planner_options={"gumbel": 0.0})
+    other, _ = draw(model, **plain)
+    assert other is not out
+    assert torch.equal(other.tokens, model.generate(**dict(kw, **plain)).tokens)
+    for bad in (["--order", "confidence"], ["--order-gumbel", "-1"]):  # refused before any model is loaded
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--model", str(tmp_path / "none"), *bad])
+        assert e.value.code == 2

@@ -183,6 +183,26 @@ def test_tiny_train_then_eval_end_to_end(tmp_path, capsys):
     assert main(["eval", str(run), "--task", "molecules", "--samples", "24", "--no-fcd", "--seed", "3",
                  "--smiles-out", str(again), "--json"]) == 0
     assert again.read_text() == out.read_text()
+    # a decoding order with its options: the molecules are that generate call's
+    planned = tmp_path / "planned.smi"
+    assert main(["eval", str(run), "--task", "molecules", "--samples", "24", "--no-fcd", "--seed", "3",
+                 "--sampler", "planned", "--planner", "top_margin", "--planner-option", "gumbel=0.5",
+                 "--smiles-out", str(planned), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (m["sampler"], m["planner"], m["planner_options"]) == ("planned", "top_margin", {"gumbel": "0.5"})
+    from ddlm import SequenceModel
+    from ddlm.tasks.molecules.score import sampled_smiles
+
+    model = SequenceModel.from_pretrained(run)
+    o = model.generate(24, sampler="planned", planner="top_margin", planner_options={"gumbel": 0.5}, seed=3,
+                       batch_size=32, decode=False, max_length=model.cfg.model.max_len)
+    assert planned.read_text().splitlines() == sampled_smiles(model, o.tokens)
+    assert planned.read_text() != out.read_text()
+    # an option of a sampler that takes none: one line, before sampling
+    assert main(["eval", str(run), "--task", "molecules", "--samples", "2", "--no-fcd",
+                 "--planner-option", "gumbel=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sampler planned" in err
 
 
 def test_eval_refuses_a_stream_model(tmp_path, capsys):

@@ -40,6 +40,8 @@ def cmd_score(args) -> int:
 
 def eval_molecules(model, args) -> int:
     """`ddlm eval DIR --task molecules`: sample --samples molecules (default EVAL_SAMPLES) and score them."""
+    from ddlm.cli_common import planner_options_from
+
     from .metrics import _rdkit
     from .score import references, sampled_smiles, score_smiles
 
@@ -48,6 +50,7 @@ def eval_molecules(model, args) -> int:
         raise UserError(f"{args.model} was trained on a stream, not on records (its tokenizer has no <eos>); "
                         "train it with `ddlm train --preset molecules`")
     n = args.samples or EVAL_SAMPLES
+    planner_options = planner_options_from(args, model.cfg)  # an unknown key: one line before any sampling
     _rdkit()  # RDKit and the MOSES references before sampling: a missing package fails at once, in one line
     refs = references()  # the same reference (seed 0) whatever the sampling seed
     length = model.cfg.model.max_len
@@ -55,7 +58,7 @@ def eval_molecules(model, args) -> int:
     # max_length: each row stops at its first <eos> (AR rows stop early, saving network calls)
     out = model.generate(n, steps=args.steps, sampler=args.sampler, planner=args.planner,
                          seed=args.seed, batch_size=args.batch_size, decode=False, max_length=length,
-                         progress=not args.json and sys.stderr.isatty())
+                         planner_options=planner_options, progress=not args.json and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     smiles = sampled_smiles(model, out.tokens)
     if args.smiles_out:
@@ -63,7 +66,10 @@ def eval_molecules(model, args) -> int:
             f.writelines(s + "\n" for s in smiles)
     m = score_smiles(smiles, fcd=not args.no_fcd, refs=refs)
     m.update(family=model.family.name, nfe=out.nfe, seconds_sampling=seconds, seed=out.seed,
-             length=length, steps=args.steps or getattr(model.cfg.sample, "steps", None))
+             length=length, steps=args.steps or getattr(model.cfg.sample, "steps", None),
+             sampler=args.sampler or model.cfg.sample.sampler)
+    if m["sampler"] == "planned":
+        m.update(planner=args.planner or model.cfg.sample.planner, planner_options=planner_options)
     _print(m, f"{model.family.name} samples ({out.nfe} NFE, {seconds:.1f} s)", args.json)
     return 0
 
