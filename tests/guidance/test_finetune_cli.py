@@ -150,6 +150,13 @@ def test_a_resumed_grpo_run_equals_the_unbroken_run(tiny_run, tmp_path):
     assert resumed["history"] == straight["history"] and resumed["resumed_at"] == 2
     a, b = (SequenceModel.from_pretrained(tmp_path / d).backbone.state_dict() for d in ("straight", "parts"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # groups decoded in another order: recorded in the settings, kept by --resume, another history
+    order = ["--sampler", "planned", "--planner", "top_margin", "--planner-option", "gumbel=0.5"]
+    planned = grpo(tmp_path / "planned", 2, *order)
+    assert {k: planned["settings"][k] for k in ("sampler", "planner", "planner_options")} == {
+        "sampler": "planned", "planner": "top_margin", "planner_options": {"gumbel": "0.5"}}
+    assert straight["settings"]["sampler"] is None and planned["history"] != straight["history"][:2]
+    assert grpo(tmp_path / "planned", 3, *order, "--resume")["history"][:2] == planned["history"]
 
 
 @needs_molecules
@@ -207,6 +214,14 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                   "--floor belongs to --method grpo"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--coupled", "--masks", "3",
                    "--out", str(tmp_path / "j")], "--masks must be even"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--planner", "top_margin",
+                   "--out", str(tmp_path / "j")], "add --sampler planned"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--planner-option", "gumbel=1",
+                   "--out", str(tmp_path / "j")], "add --sampler planned"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--sampler", "planned",
+                   "--planner-option", "eta=1", "--out", str(tmp_path / "j")], "does not take option 'eta'"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--sampler", "planned", "--out",
+                   str(tmp_path / "j")], "--sampler belongs to --method grpo"))
     earlier = tmp_path / "earlier"  # an earlier grpo run: --resume continues it, --overwrite replaces it
     grpo = ["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier), "--batch-size",
             "2", "--steps", "2"]
@@ -215,6 +230,8 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases.append((grpo + ["--resume", "--max-steps", "1"], "has done 1 steps; give --max-steps above 1"))
     cases.append((grpo + ["--resume", "--max-steps", "2", "--lr", "1e-3"], "other settings (lr 0.0002 -> 0.001)"))
     cases.append((grpo + ["--resume", "--overwrite"], "give one of them"))
+    cases.append((grpo + ["--resume", "--max-steps", "2", "--sampler", "planned"],
+                  "other settings (sampler None -> 'planned' and 1 more)"))
     from ddlm.train.checkpoint import load_latest, save_checkpoint
     on_gpu = tmp_path / "on-gpu"  # a run made on a GPU: its CUDA generator state does not continue on the CPU
     shutil.copytree(earlier, on_gpu)

@@ -318,3 +318,22 @@ def test_break_signs_find_the_recorded_break_and_nothing_in_a_run_that_held():
     assert first_sign(EARLY_BREAK) == 20  # 0.82, 1.10, 1.36 against at most 0.32 (steps 1-12)
     assert first_sign([0.0] * 5 + [5.0] * 5) is None  # a baseline needs 5 steps: none in the first 10
     assert first_sign(HELD[:3], unique=0.4) == 1 and "only 40% of the group" in break_signs([{"kl": 0, "unique": .4}])
+
+
+def test_sample_options_decode_each_group_as_that_generate_call():
+    """The rewards recorded for each step are those of model.generate with the sample options at the step's seed
+    (checked on the first group, drawn by the base's weights), and differ from the model's own sampler's."""
+    def count_a(tok):
+        return (tok == 0).sum(-1).double()
+
+    planned = dict(sampler="planned", planner="top_margin", planner_options={"gumbel": 0.5})
+    seen = {}
+    for name, options in (("own", None), ("planned", planned)):
+        model = _model(specials=True)
+        base = model.generate(16, steps=L, max_length=L, seed=3 * 1_000_003, batch_size=16, decode=False,
+                              **(options or {}))
+        rows, _ = record_rows(model, base.tokens)
+        hist = finetune(model, count_a, iterations=1, group=16, steps=L, lr=1e-3, seed=3, sample_options=options)
+        assert hist[0]["reward"] == pytest.approx(float(count_a(rows.tokens).mean()), abs=1e-5)
+        seen[name] = base.tokens
+    assert not torch.equal(seen["own"], seen["planned"])

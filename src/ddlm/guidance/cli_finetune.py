@@ -12,7 +12,8 @@ never the model's own folder.
 grpo also writes resumable checkpoints into OUT/checkpoints (train/checkpoint.py: atomic, checksummed; every
 --ckpt-every steps, at the end and on Ctrl-C). `--resume` continues the run in OUT exactly where its last good
 checkpoint ends, on the same base model (checked by a fingerprint of its weights) with the same settings; only
---max-steps may differ, so a finished run can be extended. --device (default auto: the GPU when torch sees one)
+--max-steps may differ, so a finished run can be extended. --sampler / --planner / --planner-option decode each
+group as the tuned model will be sampled (e.g. in the top-margin order); recorded in the settings. --device (default auto: the GPU when torch sees one)
 is where the model runs; a resumed run continues on the kind of device it was made on (a CUDA generator's state
 does not continue on the CPU).
 """
@@ -111,12 +112,15 @@ def cmd_finetune(args) -> int:
 
 def _refuse_the_other_methods_flags(args) -> None:
     """One line for a flag of the other --method (a grpo flag given to drakes, or a drakes flag to grpo)."""
+    if args.planner is not None and args.sampler != "planned":
+        raise UserError("--planner is the decoding order of --sampler planned; add --sampler planned")
     if args.method == "grpo":
         owner, other = "drakes", (("--grad-steps", args.grad_steps), ("--tau", args.tau))
     else:
         owner, other = "grpo", (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None),
                                 ("--floor", args.floor), ("--resume", args.resume or None),
-                                ("--ckpt-every", args.ckpt_every))
+                                ("--ckpt-every", args.ckpt_every), ("--sampler", args.sampler),
+                                ("--planner-option", args.planner_option or None))
     for flag, value in other:
         if value is not None:
             raise UserError(f"{flag} belongs to --method {owner}; leave it out for {args.method}")
@@ -210,8 +214,10 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     inner = args.inner or 4
     if args.coupled and masks % 2:
         raise UserError(f"--coupled pairs each mask with its complement: --masks must be even, got {masks}")
+    sample_options = _rollout_options(args, model)
     settings = {"max_steps": args.max_steps, "group": group, "steps": steps, "beta": beta, "lr": lr, "masks": masks,
-                "coupled": args.coupled, "inner": inner, "floor": args.floor, "seed": args.seed}
+                "coupled": args.coupled, "inner": inner, "floor": args.floor, "seed": args.seed,
+                **{k: sample_options.get(k) for k in ROLLOUT_KEYS}}  # None: the model's own (runs before them)
     # what the continued steps depend on: all of it but max_steps must be the checkpoint's
     # and the kind of device: a CUDA generator's state is not a CPU one's, and the sums differ in their last bits
     defines = {"reward": name, "base_weights": _fingerprint(model.backbone),
@@ -232,8 +238,11 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
             raise UserError(f"--resume: the run in {args.out} has done {done} steps; give --max-steps above {done} "
                             "to continue it")
         say(f"grpo: resuming {args.out} at step {done}")
-    say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps and scored "
-        f"by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
+    order = "" if not sample_options else " (" + ", ".join(
+        f"{k} {v}" if k != "planner_options" else ", ".join(f"{o}={x}" for o, x in v.items())
+        for k, v in sample_options.items()) + ")"
+    say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps{order} and "
+        f"scored by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
         f"{'coupled ' if args.coupled else ''}masks per record"
         + (f", worse records' tokens floored {args.floor} nats below the base" if args.floor is not None else ""))
     ckpt_every = max(1, args.max_steps // 10) if args.ckpt_every is None else args.ckpt_every
@@ -241,7 +250,7 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
                             beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled,
                             floor=args.floor, log=log, warn=lambda line: say(
                                 f"warning: {line} (`ddlm export {args.out} --step N --out DIR` writes one's model)"),
-                            stop=stop, resume=resume, checkpoint_every=ckpt_every,
+                            stop=stop, resume=resume, checkpoint_every=ckpt_every, sample_options=sample_options,
                             checkpoint=lambda state: (prepare(), save_checkpoint(
                                 args.out, {**state, "grpo": defines, "base": str(Path(args.model).resolve())},
                                 resume_command="ddlm finetune ... --resume")))
@@ -249,9 +258,36 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     return history, name, report, lambda out: None
 
 
+ROLLOUT_KEYS = ("sampler", "planner", "planner_options")  # how GRPO decodes its groups, in its settings
+
+
+def _rollout_options(args, model) -> dict:
+    """model.generate options for GRPO's groups from --sampler, --planner and --planner-option ({}: the model's
+    own sampler). One line for a sampler GRPO cannot score (its records must stay decoded once written)."""
+    from ..cli_common import planner_options_from
+
+    if args.sampler is None:
+        if args.planner_option:
+            raise UserError("--planner-option sets an option of --sampler planned; add --sampler planned")
+        return {}
+    if args.sampler not in ROLLOUT_SAMPLERS:
+        raise UserError(f"--sampler {args.sampler!r}: GRPO decodes its groups with one of "
+                        f"{', '.join(ROLLOUT_SAMPLERS)}")
+    out = {"sampler": args.sampler}
+    if args.sampler == "planned":
+        out["planner"] = args.planner or model.cfg.sample.planner
+        options = planner_options_from(args, model.cfg)
+        if options:
+            out["planner_options"] = options
+    return out
+
+
+ROLLOUT_SAMPLERS = ("ancestral", "cached", "planned")
+
+
 def register(sub) -> None:
     """Add `ddlm finetune` to the subcommands `sub`."""
-    from ..cli_common import _add_device, _add_threads, _float, _nonneg_int, _positive_int, _seed
+    from ..cli_common import _add_device, _add_threads, _float, _nonneg_int, _positive_int, _seed, add_planner_options
     from .rewards import reward_names
 
     f = sub.add_parser("finetune", help="reward fine-tuning of a masked-diffusion model (DRAKES or GRPO)")
@@ -286,6 +322,12 @@ def register(sub) -> None:
     f.add_argument("--floor", type=_float, metavar="NATS", help="grpo: push a token of a record with a negative "
                    "advantage down only while its log-probability is within NATS of the base model's (default: no "
                    "floor; see README, GRPO)")
+    f.add_argument("--sampler", choices=ROLLOUT_SAMPLERS, help="grpo: how each group is decoded (default: the "
+                   "model's sampler); planned with --planner to reward the records of the order the tuned model "
+                   "will be sampled in")
+    f.add_argument("--planner", metavar="NAME", help="grpo with --sampler planned: the decoding order (default: the "
+                   "model's sample.planner)")
+    add_planner_options(f, "grpo with --sampler planned: ")
     f.add_argument("--surrogate-records", type=_positive_int, default=20_000, help="drakes: training records the "
                    "surrogate is fitted on (default 20,000; 10%% held out)")
     f.add_argument("--surrogate-epochs", type=_positive_int, default=10, help="drakes: surrogate epochs (default 10)")

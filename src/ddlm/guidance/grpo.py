@@ -234,7 +234,7 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
 def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: int | None = None, lr: float = 2e-4,
              beta: float = 0.05, masks: int = 4, inner: int = 4, clip: float = 0.2, seed: int = 0,
              coupled: bool = False, floor: float | None = None, log=None, stop=None, resume: dict | None = None,
-             checkpoint=None, checkpoint_every: int = 0, warn=None) -> list[dict]:
+             checkpoint=None, checkpoint_every: int = 0, warn=None, sample_options: dict | None = None) -> list[dict]:
     """GRPO on `model` (a masked-diffusion SequenceModel, changed in place): `iterations` groups of `group` records
     sampled with `steps` denoising steps (default the model's sample.steps), each serving `inner` Adam steps.
     reward(tokens (G, L)) -> (G,) (wrap a reward on texts with guidance.value.checked_reward and texts_of).
@@ -242,6 +242,8 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     group), unique (distinct rows / G), length (mean scored positions a row: the record and its end token).
     stop() -> bool, asked after every step: True ends the run there (Ctrl-C in `ddlm finetune`), the history so
     far returned. warn(line) is called once, at the first step where break_signs sees the run breaking.
+    sample_options: how the groups are decoded (model.generate's sampler, planner, planner_options, temperature;
+    default the model's own): the records a fine-tuned model is rewarded on are drawn as it will be sampled.
 
     Resuming exactly: checkpoint(state) is called after every `checkpoint_every`-th step, after the last and after
     a stop, with state = {"step", "backbone", "optimizer", "generator", "history"} (what the next step depends on:
@@ -280,7 +282,7 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
     try:
         for it in range(len(history), iterations):
             out = model.generate(group, steps=steps, max_length=max_length, seed=seed * 1_000_003 + it,
-                                 batch_size=group, decode=False)
+                                 batch_size=group, decode=False, **(sample_options or {}))
             batch, scored = record_rows(model, out.tokens.to(model.device))
             r = torch.as_tensor(reward(batch.tokens), dtype=torch.float64).reshape(-1)
             finite = torch.isfinite(r)
