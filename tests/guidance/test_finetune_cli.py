@@ -215,13 +215,15 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--coupled", "--masks", "3",
                    "--out", str(tmp_path / "j")], "--masks must be even"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--planner", "top_margin",
-                   "--out", str(tmp_path / "j")], "add --sampler planned"))
-    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--planner-option", "gumbel=1",
-                   "--out", str(tmp_path / "j")], "add --sampler planned"))
+                   "--out", str(tmp_path / "j")], "--planner sets the decoding order of --sampler planned"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--sampler", "ancestral",
+                   "--planner-option", "gumbel=1", "--out", str(tmp_path / "j")], "add --sampler planned"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--sampler", "planned",
                    "--planner-option", "eta=1", "--out", str(tmp_path / "j")], "does not take option 'eta'"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--sampler", "planned", "--out",
                    str(tmp_path / "j")], "--sampler belongs to --method grpo"))
+    cases.append((["finetune", str(tiny_run), "--reward", "qed", "--planner", "top_margin", "--out",
+                   str(tmp_path / "j")], "--planner belongs to --method grpo"))
     earlier = tmp_path / "earlier"  # an earlier grpo run: --resume continues it, --overwrite replaces it
     grpo = ["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(earlier), "--batch-size",
             "2", "--steps", "2"]

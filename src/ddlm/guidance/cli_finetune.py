@@ -13,9 +13,9 @@ grpo also writes resumable checkpoints into OUT/checkpoints (train/checkpoint.py
 --ckpt-every steps, at the end and on Ctrl-C). `--resume` continues the run in OUT exactly where its last good
 checkpoint ends, on the same base model (checked by a fingerprint of its weights) with the same settings; only
 --max-steps may differ, so a finished run can be extended. --sampler / --planner / --planner-option decode each
-group as the tuned model will be sampled (e.g. in the top-margin order); recorded in the settings. --device (default auto: the GPU when torch sees one)
-is where the model runs; a resumed run continues on the kind of device it was made on (a CUDA generator's state
-does not continue on the CPU).
+group as the tuned model will be sampled (e.g. in the top-margin order); recorded in the settings. --device
+(default auto: the GPU when torch sees one) is where the model runs; a resumed run continues on the kind of device
+it was made on (a CUDA generator's state does not continue on the CPU).
 """
 
 from __future__ import annotations
@@ -112,18 +112,19 @@ def cmd_finetune(args) -> int:
 
 def _refuse_the_other_methods_flags(args) -> None:
     """One line for a flag of the other --method (a grpo flag given to drakes, or a drakes flag to grpo)."""
-    if args.planner is not None and args.sampler != "planned":
-        raise UserError("--planner is the decoding order of --sampler planned; add --sampler planned")
     if args.method == "grpo":
         owner, other = "drakes", (("--grad-steps", args.grad_steps), ("--tau", args.tau))
     else:
         owner, other = "grpo", (("--masks", args.masks), ("--inner", args.inner), ("--coupled", args.coupled or None),
                                 ("--floor", args.floor), ("--resume", args.resume or None),
                                 ("--ckpt-every", args.ckpt_every), ("--sampler", args.sampler),
-                                ("--planner-option", args.planner_option or None))
+                                ("--planner", args.planner), ("--planner-option", args.planner_option or None))
     for flag, value in other:
         if value is not None:
             raise UserError(f"{flag} belongs to --method {owner}; leave it out for {args.method}")
+    if (args.planner is not None or args.planner_option) and args.sampler != "planned":
+        flag = "--planner" if args.planner is not None else "--planner-option"
+        raise UserError(f"{flag} sets the decoding order of --sampler planned; add --sampler planned")
 
 
 def _resume_state(out: Path, say) -> dict:
@@ -258,31 +259,24 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     return history, name, report, lambda out: None
 
 
+ROLLOUT_SAMPLERS = ("ancestral", "cached", "planned")  # samplers whose written tokens stay written, as GRPO scores
 ROLLOUT_KEYS = ("sampler", "planner", "planner_options")  # how GRPO decodes its groups, in its settings
 
 
 def _rollout_options(args, model) -> dict:
     """model.generate options for GRPO's groups from --sampler, --planner and --planner-option ({}: the model's
-    own sampler). One line for a sampler GRPO cannot score (its records must stay decoded once written)."""
+    own sampler; the flags were checked by _refuse_the_other_methods_flags)."""
     from ..cli_common import planner_options_from
 
     if args.sampler is None:
-        if args.planner_option:
-            raise UserError("--planner-option sets an option of --sampler planned; add --sampler planned")
         return {}
-    if args.sampler not in ROLLOUT_SAMPLERS:
-        raise UserError(f"--sampler {args.sampler!r}: GRPO decodes its groups with one of "
-                        f"{', '.join(ROLLOUT_SAMPLERS)}")
     out = {"sampler": args.sampler}
     if args.sampler == "planned":
         out["planner"] = args.planner or model.cfg.sample.planner
-        options = planner_options_from(args, model.cfg)
+        options = planner_options_from(args, model.cfg)  # an unknown key: one line
         if options:
             out["planner_options"] = options
     return out
-
-
-ROLLOUT_SAMPLERS = ("ancestral", "cached", "planned")
 
 
 def register(sub) -> None:
