@@ -337,3 +337,23 @@ def test_sample_options_decode_each_group_as_that_generate_call():
         assert hist[0]["reward"] == pytest.approx(float(count_a(rows.tokens).mean()), abs=1e-5)
         seen[name] = base.tokens
     assert not torch.equal(seen["own"], seen["planned"])
+
+
+def test_the_newest_checkpoint_before_a_break_is_kept_when_later_ones_would_rotate_it_out(tmp_path):
+    from ddlm.guidance.cli_finetune import _before_the_break
+    from ddlm.guidance.grpo import last_good_step
+    from ddlm.train.checkpoint import list_checkpoints, save_checkpoint, step_of
+
+    history = [{"kl": k, "unique": 1.0} for k in EARLY_BREAK + [1.5] * 18]  # 40 steps, the sign at step 20
+    assert last_good_step(history) == 16  # the jump starts at step 18: the weights after 16 steps drew it
+    assert last_good_step(history[:19]) is None and last_good_step([{"kl": k, "unique": 1.0} for k in HELD]) is None
+    for step in (5, 10, 15, 20, 25, 30, 35, 40):  # every 5 steps, the newest two kept
+        state = {"step": step, "history": history[:step]}
+        save_checkpoint(tmp_path, state, protect=_before_the_break(tmp_path, state))
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [40, 35, 15]
+    save_checkpoint(tmp_path / "plain", {"step": 1})
+    save_checkpoint(tmp_path / "plain", {"step": 2})
+    save_checkpoint(tmp_path / "plain", {"step": 3}, protect=(1, 7))
+    assert [step_of(p) for p in list_checkpoints(tmp_path / "plain")] == [3, 2, 1]
+    save_checkpoint(tmp_path / "plain", {"step": 4})
+    assert [step_of(p) for p in list_checkpoints(tmp_path / "plain")] == [4, 3]

@@ -250,13 +250,28 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
     history = grpo.finetune(model, reward, iterations=args.max_steps, group=group, steps=steps, lr=lr,
                             beta=beta, masks=masks, inner=inner, seed=args.seed, coupled=args.coupled,
                             floor=args.floor, log=log, warn=lambda line: say(
-                                f"warning: {line} (`ddlm export {args.out} --step N --out DIR` writes one's model)"),
+                                f"warning: {line}; the newest checkpoint of those steps is kept (`ddlm export "
+                                f"{args.out} --step N --out DIR` writes its model)"),
                             stop=stop, resume=resume, checkpoint_every=ckpt_every, sample_options=sample_options,
                             checkpoint=lambda state: (prepare(), save_checkpoint(
                                 args.out, {**state, "grpo": defines, "base": str(Path(args.model).resolve())},
-                                resume_command="ddlm finetune ... --resume")))
+                                resume_command="ddlm finetune ... --resume", protect=_before_the_break(args.out,
+                                                                                                  state))))
     report = {"reward": name, "settings": {**settings, "ckpt_every": ckpt_every}}
     return history, name, report, lambda out: None
+
+
+def _before_the_break(out, state) -> tuple[int, ...]:
+    """The step of the newest checkpoint in `out` from before the run's first break sign (grpo.break_signs), kept
+    when later checkpoints would rotate it out; () when the run shows no sign or has no such checkpoint."""
+    from ..train.checkpoint import list_checkpoints, step_of
+    from .grpo import last_good_step
+
+    limit = last_good_step(state["history"])
+    if limit is None:
+        return ()
+    good = [step_of(p) for p in list_checkpoints(out) if step_of(p) <= limit]
+    return tuple(good[:1])
 
 
 ROLLOUT_SAMPLERS = ("ancestral", "cached", "planned")  # samplers whose written tokens stay written, as GRPO scores

@@ -201,8 +201,9 @@ def _kl_baseline(history: list[dict], step: int) -> float | None:
     return max(x["kl"] for x in history[max(0, step - 26):step - 6])
 
 
-def break_signs(history: list[dict]) -> str | None:
-    """Why the run in `history` (finetune's dicts) looks broken at its last step, or None. Two signs: fewer than
+def break_signs(history: list[dict], step: int | None = None) -> str | None:
+    """Why the run in `history` (finetune's dicts) looks broken at `step` (1-based; default its last), or None,
+    from the steps up to it. Two signs: fewer than
     COLLAPSED of the group's records are distinct (a GPU run at lr 4e-4, floor 4, by step 150: 2%), or the KL
     per masked position jumped, over KL_JUMP times the highest of the 20 steps before the last 5 and KL_RISE nats
     above it, and stayed there KL_STEPS steps (against the first step's baseline). Found on the QED runs of the
@@ -213,15 +214,26 @@ def break_signs(history: list[dict]) -> str | None:
     (without it the rule fires at steps 37 and 13 of a second and a third stage that learned on); KL_STEPS lets a
     spike pass (those runs at step 35, 0.15 -> 0.61 and back to 0.42, 0.13, and at step 25, 0.09 -> 0.63, 0.65,
     0.34: without it the rule fires there)."""
-    h = history[-1]
+    step = len(history) if step is None else step
+    h = history[step - 1]
     if h["unique"] < COLLAPSED:
         return f"only {h['unique']:.0%} of the group's records are distinct"
-    first = len(history) - KL_STEPS + 1
+    first = step - KL_STEPS + 1
     before = _kl_baseline(history, first) if first >= 1 else None
-    if before is not None and all(x["kl"] > KL_JUMP * before and x["kl"] > before + KL_RISE
-                                  for x in history[first - 1:]):
-        kls = ", ".join(f"{x['kl']:.2f}" for x in history[first - 1:])
+    jump = history[first - 1:step] if first >= 1 else []
+    if before is not None and all(x["kl"] > KL_JUMP * before and x["kl"] > before + KL_RISE for x in jump):
+        kls = ", ".join(f"{x['kl']:.2f}" for x in jump)
         return f"the KL per masked position jumped to {kls} over {KL_STEPS} steps (at most {before:.2f} before)"
+    return None
+
+
+def last_good_step(history: list[dict]) -> int | None:
+    """The last step whose weights come before the first break sign in `history` (None: no sign): a sign at step
+    s names a KL jump from step s - KL_STEPS + 1 on, and the KL of step j is that of the weights after j - 1 steps,
+    so a checkpoint of a step up to s - KL_STEPS - 1 holds weights from before the jump."""
+    for s in range(1, len(history) + 1):
+        if break_signs(history, s) is not None:
+            return max(0, s - KL_STEPS - 1)
     return None
 
 
@@ -310,8 +322,9 @@ def finetune(model, reward, *, iterations: int = 100, group: int = 32, steps: in
             why = None if warn is None or warned else break_signs(history)
             if why is not None:
                 warned = True
-                warn(f"grpo step {it + 1}: {why}: the run is breaking (README, GRPO); the checkpoints before this "
-                     "step are its last good ones, and a lower --lr or a --floor holds it longer")
+                warn(f"grpo step {it + 1}: {why}: the run is breaking (README, GRPO); its weights up to step "
+                     f"{last_good_step(history)} came before the break, and a lower --lr or a --floor holds a run "
+                     "longer")
             if log is not None:
                 h = history[-1]
                 log(f"grpo {it + 1}/{iterations}: reward mean {h['reward']:.4f} median {h['reward_median']:.4f}, "

@@ -40,10 +40,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         pass
 
 
-def save_checkpoint(run_dir, state: dict, keep: int = 2, resume_command: str | None = None) -> Path:
+def save_checkpoint(run_dir, state: dict, keep: int = 2, resume_command: str | None = None,
+                    protect=()) -> Path:
     """Write state (must contain 'step'), its tensors moved to the CPU, and remove all but the newest `keep`
-    checkpoints. resume_command: what continues the run, for the message when the disk is full (default
-    `ddlm train --resume RUN_DIR`)."""
+    checkpoints, except those of the steps in `protect`. resume_command: what continues the run, for the message
+    when the disk is full (default `ddlm train --resume RUN_DIR`)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -58,6 +59,8 @@ def save_checkpoint(run_dir, state: dict, keep: int = 2, resume_command: str | N
                         f"`{resume_command or f'ddlm train --resume {run_dir}'}` continues from the previous "
                         "checkpoint") from None
     for old in list_checkpoints(run_dir)[keep:]:
+        if step_of(old) in protect:
+            continue
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
     return path
