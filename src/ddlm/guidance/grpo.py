@@ -203,9 +203,8 @@ def _kl_baseline(history: list[dict], step: int) -> float | None:
 
 def break_signs(history: list[dict], step: int | None = None) -> str | None:
     """Why the run in `history` (finetune's dicts) looks broken at `step` (1-based; default its last), or None,
-    from the steps up to it. Two signs: fewer than
-    COLLAPSED of the group's records are distinct (a GPU run at lr 4e-4, floor 4, by step 150: 2%), or the KL
-    per masked position jumped, over KL_JUMP times the highest of the 20 steps before the last 5 and KL_RISE nats
+    from the steps up to it. Two signs: fewer than COLLAPSED of the group's records are distinct (a GPU run at
+    lr 4e-4, floor 4, by step 150: 2%), or the KL per masked position jumped, over KL_JUMP times the highest of the 20 steps before the last 5 and KL_RISE nats
     above it, and stayed there KL_STEPS steps (against the first step's baseline). Found on the QED runs of the
     README: the five that broke are told at steps 144, 146 and 294 (first stage; their QED 0.74 -> 0.50, 0.73 ->
     0.63, 0.79 -> 0.38), 39 and 20 (second and third stage at lr 4e-4 and beta 0.01: 0.82 -> 0.62, 0.83 -> 0.38),
