@@ -98,6 +98,20 @@ def add_planner_options(parser, prefix: str = "") -> None:
                         "sample.planner_options")
 
 
+def check_planner(args, cfg) -> None:
+    """--planner: a known name (a UserError lists them), given only where the run samples with --sampler planned
+    (the flag, else the model's config `cfg.sample`): any other sampler would ignore it."""
+    if args.planner is None:
+        return
+    from .sampling.planners import get_planner
+
+    get_planner(args.planner)
+    sampler = args.sampler or cfg.sample.sampler
+    if sampler != "planned":
+        raise UserError(f"--planner chooses the order of --sampler planned, but this run samples with {sampler!r}; "
+                        "add --sampler planned")
+
+
 def planner_options_from(args, cfg) -> dict | None:
     """{key: value} from --planner-option, checked against the planner (or the remask sampler) this run uses
     (the flags, else the model's config `cfg.sample`); None without the flag (the model's own options apply)."""

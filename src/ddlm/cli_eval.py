@@ -6,7 +6,7 @@ import json
 import sys
 
 from .cli_common import (_add_device, _add_threads, _device, _plural, _positive_int, _seed, _threads,
-                         add_planner_options, planner_options_from)
+                         add_planner_options, check_planner, planner_options_from)
 from .errors import UserError
 
 EVAL_THREADS = 1  # measured like SAMPLE_THREADS (README): one thread is the fast default on a shared CPU
@@ -79,7 +79,8 @@ def _eval_records(model, args) -> int:
 def _eval_gen_ppl(model, args) -> int:
     from .eval.gen_ppl import generative_perplexity, load_judge
 
-    planner_options = planner_options_from(args, model.cfg)  # an unknown key fails before the judge loads
+    check_planner(args, model.cfg)  # an unknown or ignored --planner, and an unknown key, before the judge loads
+    planner_options = planner_options_from(args, model.cfg)
     judge = load_judge(args.judge)
     m = generative_perplexity(model, judge, n=args.samples or 8, length=args.length, steps=args.steps,
                               sampler=args.sampler, planner=args.planner, seed=args.seed,

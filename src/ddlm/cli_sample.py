@@ -6,7 +6,7 @@ import json
 import sys
 
 from .cli_common import (_add_device, _add_threads, _device, _float, _plural, _positive_int, _seed, _threads,
-                         add_planner_options, planner_options_from)
+                         add_planner_options, check_planner, planner_options_from)
 from .errors import UserError
 from .guidance.cli import add_arguments as add_steering_arguments, options_from as steering_options
 
@@ -18,14 +18,7 @@ def cmd_sample(args) -> int:
 
     _threads(args.threads, SAMPLE_THREADS)
     model = SequenceModel.from_pretrained(args.model, map_location=_device(args))
-    if args.planner is not None:
-        from .sampling.planners import get_planner
-
-        get_planner(args.planner)  # an unknown name is a UserError listing the valid ones
-        sampler = args.sampler or model.cfg.sample.sampler
-        if sampler != "planned":
-            raise UserError(f"--planner chooses the order of --sampler planned, but this run samples with "
-                            f"{sampler!r}; add --sampler planned")
+    check_planner(args, model.cfg)
     planner_options = planner_options_from(args, model.cfg)  # an unknown key: one line, before any sampling
     seed = draw_seed() if args.seed is None else args.seed
     options = dict(n=args.n, length=args.length, steps=args.steps, sampler=args.sampler, planner=args.planner,

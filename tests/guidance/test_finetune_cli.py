@@ -220,6 +220,8 @@ def test_finetune_refuses_bad_input_in_one_line(tiny_run, tmp_path):
                    "--planner-option", "gumbel=1", "--out", str(tmp_path / "j")], "add --sampler planned"))
     cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--sampler", "planned",
                    "--planner-option", "eta=1", "--out", str(tmp_path / "j")], "does not take option 'eta'"))
+    cases.append((["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--sampler", "planned",
+                   "--planner", "sideways", "--out", str(tmp_path / "j")], "sideways"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--sampler", "planned", "--out",
                    str(tmp_path / "j")], "--sampler belongs to --method grpo"))
     cases.append((["finetune", str(tiny_run), "--reward", "qed", "--planner", "top_margin", "--out",

@@ -198,11 +198,11 @@ def test_tiny_train_then_eval_end_to_end(tmp_path, capsys):
                        batch_size=32, decode=False, max_length=model.cfg.model.max_len)
     assert planned.read_text().splitlines() == sampled_smiles(model, o.tokens)
     assert planned.read_text() != out.read_text()
-    # an option of a sampler that takes none: one line, before sampling
-    assert main(["eval", str(run), "--task", "molecules", "--samples", "2", "--no-fcd",
-                 "--planner-option", "gumbel=0.5"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--sampler planned" in err
+    # an option of a sampler that takes none, or an order it would ignore: one line, before sampling
+    for flag in (["--planner-option", "gumbel=0.5"], ["--planner", "top_margin"]):
+        assert main(["eval", str(run), "--task", "molecules", "--samples", "2", "--no-fcd", *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "add --sampler planned" in err
 
 
 def test_eval_refuses_a_stream_model(tmp_path, capsys):

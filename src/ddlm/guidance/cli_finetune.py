@@ -125,6 +125,10 @@ def _refuse_the_other_methods_flags(args) -> None:
     if (args.planner is not None or args.planner_option) and args.sampler != "planned":
         flag = "--planner" if args.planner is not None else "--planner-option"
         raise UserError(f"{flag} sets the decoding order of --sampler planned; add --sampler planned")
+    if args.planner is not None:
+        from ..sampling.planners import get_planner
+
+        get_planner(args.planner)  # an unknown name lists the valid ones, before the model loads
 
 
 def _resume_state(out: Path, say) -> dict:
@@ -239,9 +243,9 @@ def _grpo(args, model, steps, say, log, stop, resume, prepare):
             raise UserError(f"--resume: the run in {args.out} has done {done} steps; give --max-steps above {done} "
                             "to continue it")
         say(f"grpo: resuming {args.out} at step {done}")
-    order = "" if not sample_options else " (" + ", ".join(
-        f"{k} {v}" if k != "planner_options" else ", ".join(f"{o}={x}" for o, x in v.items())
-        for k, v in sample_options.items()) + ")"
+    parts = [f"{k} {v}" for k, v in sample_options.items() if k != "planner_options"]
+    parts += [f"{o}={x}" for o, x in sample_options.get("planner_options", {}).items()]
+    order = f" ({', '.join(parts)})" if parts else ""
     say(f"grpo: {args.max_steps} steps, each on {group} records sampled with {steps} denoising steps{order} and "
         f"scored by {name}; {inner} Adam steps per group, beta {beta}, lr {lr}, {masks} "
         f"{'coupled ' if args.coupled else ''}masks per record"

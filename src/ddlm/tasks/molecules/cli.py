@@ -40,7 +40,7 @@ def cmd_score(args) -> int:
 
 def eval_molecules(model, args) -> int:
     """`ddlm eval DIR --task molecules`: sample --samples molecules (default EVAL_SAMPLES) and score them."""
-    from ddlm.cli_common import planner_options_from
+    from ddlm.cli_common import check_planner, planner_options_from
 
     from .metrics import _rdkit
     from .score import references, sampled_smiles, score_smiles
@@ -50,7 +50,8 @@ def eval_molecules(model, args) -> int:
         raise UserError(f"{args.model} was trained on a stream, not on records (its tokenizer has no <eos>); "
                         "train it with `ddlm train --preset molecules`")
     n = args.samples or EVAL_SAMPLES
-    planner_options = planner_options_from(args, model.cfg)  # an unknown key: one line before any sampling
+    check_planner(args, model.cfg)  # a --planner the sampler would ignore: one line before any sampling
+    planner_options = planner_options_from(args, model.cfg)
     _rdkit()  # RDKit and the MOSES references before sampling: a missing package fails at once, in one line
     refs = references()  # the same reference (seed 0) whatever the sampling seed
     length = model.cfg.model.max_len
