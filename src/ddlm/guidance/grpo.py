@@ -202,24 +202,24 @@ def _kl_baseline(history: list[dict], step: int) -> float | None:
 
 
 def break_signs(history: list[dict], step: int | None = None) -> str | None:
-    """Why the run in `history` (finetune's dicts) looks broken at `step` (1-based; default its last), or None,
-    from the steps up to it. Two signs: fewer than COLLAPSED of the group's records are distinct (a GPU run at
-    lr 4e-4, floor 4, by step 150: 2%), or the KL per masked position jumped, over KL_JUMP times the highest of the 20 steps before the last 5 and KL_RISE nats
-    above it, and stayed there KL_STEPS steps (against the first step's baseline). Found on the QED runs of the
-    README: the five that broke are told at steps 144, 146 and 294 (first stage; their QED 0.74 -> 0.50, 0.73 ->
-    0.63, 0.79 -> 0.38), 39 and 20 (second and third stage at lr 4e-4 and beta 0.01: 0.82 -> 0.62, 0.83 -> 0.38),
-    and none of the six that held (up to 400 steps). The last 5 steps are left out of the baseline because a KL
-    rises over 2-3 steps as it breaks; KL_RISE keeps a run's first steps quiet, where a small KL doubles steadily
-    (without it the rule fires at steps 37 and 13 of a second and a third stage that learned on); KL_STEPS lets a
-    spike pass (those runs at step 35, 0.15 -> 0.61 and back to 0.42, 0.13, and at step 25, 0.09 -> 0.63, 0.65,
-    0.34: without it the rule fires there)."""
+    """Why the run in `history` (finetune's dicts) looks broken at `step` (1-based; default its last), or None, from
+    the steps up to it. Two signs: fewer than COLLAPSED of the group's records are distinct (a GPU run at lr 4e-4,
+    floor 4, by step 150: 2%), or the KL per masked position jumped, over KL_JUMP times the highest of the 20 steps
+    before the last 5 and KL_RISE nats above it, and stayed there KL_STEPS steps (against the first step's
+    baseline). Found on the QED runs of the README: the five that broke are told at steps 144, 146 and 294 (first
+    stage; their QED 0.74 -> 0.50, 0.73 -> 0.63, 0.79 -> 0.38), 39 and 20 (second and third stage at lr 4e-4 and
+    beta 0.01: 0.82 -> 0.62, 0.83 -> 0.38), and none of the six that held (up to 400 steps). The last 5 steps are
+    left out of the baseline because a KL rises over 2-3 steps as it breaks; KL_RISE keeps a run's first steps
+    quiet, where a small KL doubles steadily (without it the rule fires at steps 37 and 13 of a second and a third
+    stage that learned on); KL_STEPS lets a spike pass (those runs at step 35, 0.15 -> 0.61 and back to 0.42, 0.13,
+    and at step 25, 0.09 -> 0.63, 0.65, 0.34: without it the rule fires there)."""
     step = len(history) if step is None else step
     h = history[step - 1]
     if h["unique"] < COLLAPSED:
         return f"only {h['unique']:.0%} of the group's records are distinct"
     first = step - KL_STEPS + 1
-    before = _kl_baseline(history, first) if first >= 1 else None
-    jump = history[first - 1:step] if first >= 1 else []
+    before = _kl_baseline(history, first)  # None for a step too early to have one
+    jump = history[first - 1:step]
     if before is not None and all(x["kl"] > KL_JUMP * before and x["kl"] > before + KL_RISE for x in jump):
         kls = ", ".join(f"{x['kl']:.2f}" for x in jump)
         return f"the KL per masked position jumped to {kls} over {KL_STEPS} steps (at most {before:.2f} before)"
