@@ -228,9 +228,9 @@ def main(argv=None) -> int:
                    "rows")
     p.add_argument("--grpo-best-of", type=int, metavar="N", help="with --grpo: also the best of N SVDD draws of "
                    "the fine-tuned model per molecule")
-    p.add_argument("--order", default="top_margin", choices=("top_prob", "top_margin", "entropy", "none"), help="the adaptive decoding order of the planned-ORDER rows "
-                   "(the base model, and the --grpo model, decoded in that order at the same steps; 'none': no such "
-                   "rows; default top_margin)")
+    p.add_argument("--order", default="top_margin", choices=("top_prob", "top_margin", "entropy", "none"),
+                   help="the adaptive decoding order of the planned-ORDER rows (the base model, and the --grpo model, "
+                   "decoded in that order at the same steps; 'none': no such rows; default top_margin)")
     p.add_argument("--order-gumbel", type=float, default=0.5, help="Gumbel noise on the order's scores (0 = "
                    "deterministic; default 0.5)")
     p.add_argument("--cond-model", help="a model trained on a moses -qed4 kind for the cfg-1 and cfg-3 rows")
@@ -276,11 +276,11 @@ def main(argv=None) -> int:
 
     out, s = draw(model)
     add("unguided", texts_of(model, out.tokens), out, s)
-    planned = None
+    planned, ordered = None, f"planned-{a.order.replace('_', '-')}"  # the rows' name
     if a.order != "none":  # the same network calls, the positions decoded most confident first (Kim et al.)
         planned = dict(sampler="planned", planner=a.order, planner_options={"gumbel": a.order_gumbel})
         o, s = draw(model, **planned)
-        add(f"planned-{a.order.replace('_', '-')}", texts_of(model, o.tokens), o, s)
+        add(ordered, texts_of(model, o.tokens), o, s)
     if a.ar:
         ar = SequenceModel.from_pretrained(a.ar)
         t0 = time.perf_counter()
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         add("grpo", texts_of(tuned, o.tokens), o, s)
         if planned is not None:
             o, s = draw(tuned, **planned)
-            add(f"grpo+planned-{a.order.replace('_', '-')}", texts_of(tuned, o.tokens), o, s)
+            add(f"grpo+{ordered}", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", svdd_candidates=a.m)
         add("grpo+svdd", texts_of(tuned, o.tokens), o, s)
         o, s = draw(tuned, reward="qed", smc_particles=a.k, smc_alpha=a.smc_alpha)

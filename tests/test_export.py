@@ -3,14 +3,12 @@ exports its EMA weights as the trainer does; a GRPO run (tests/guidance/test_fin
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 from cli_harness import run_cli
 from ddlm.pipeline import SequenceModel
-from ddlm.train.checkpoint import list_checkpoints, verify
+from ddlm.train.checkpoint import list_checkpoints, read_checkpoint, verify
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +24,7 @@ def run(tmp_path_factory):
 
 def _state(run, step):
     path = next(p for p in list_checkpoints(run) if p.name == f"step-{step:08d}.pt")
-    return torch.load(io.BytesIO(verify(path)), map_location="cpu", weights_only=False)
+    return read_checkpoint(path, verify(path))
 
 
 def _weights(directory):

@@ -164,15 +164,14 @@ def test_export_writes_a_grpo_checkpoints_weights_with_the_base_models_config(ti
     """`ddlm export` of step 1 of a 2-step GRPO run: the checkpoint's backbone, loadable; without the run's model/
     the base named in the checkpoint gives the config and tokenizer, and the weights are the same."""
     from ddlm.pipeline import SequenceModel
-    from ddlm.train.checkpoint import list_checkpoints, verify
-    import io
+    from ddlm.train.checkpoint import list_checkpoints, read_checkpoint, verify
 
     out = tmp_path / "grpo"
     code, _, err = run_cli(["finetune", str(tiny_run), "--method", "grpo", "--reward", "qed", "--out", str(out),
                             "--max-steps", "2", "--batch-size", "2", "--steps", "2", "--ckpt-every", "1", "--quiet"])
     assert code == 0, err
     path = next(p for p in list_checkpoints(out) if p.name == "step-00000001.pt")
-    state = torch.load(io.BytesIO(verify(path)), map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, verify(path))
     assert state["base"] == str(tiny_run.resolve())
     for name in ("with-model", "from-base"):
         if name == "from-base":
